@@ -1,0 +1,1 @@
+"""Generative Adversarial Distillation: black-box on-policy distillation of LLMs."""
