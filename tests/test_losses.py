@@ -21,7 +21,7 @@ def test_response_mask_stops_after_first_eos_and_keeps_unfinished():
 
 def test_position_ids_skip_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
-    assert losses.position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert losses.position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
 
 
 def test_masked_mean_is_token_mean_and_safe_when_empty():

@@ -24,7 +24,7 @@ def response_mask(response_ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Te
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` assigns them; padding gets position 0."""
+    """Positions that skip left padding, as `generate` assigns them (left padding gets 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
