@@ -1,0 +1,30 @@
+"""Scoring student responses in the toy world: exact match up to surrounding whitespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gad.errors import GADError
+from gad.toy.tasks import solve
+
+
+def check(meta: dict[str, Any], response: str | None) -> bool:
+    """Exact-match correctness of a response, ignoring only surrounding whitespace."""
+    if not isinstance(response, str) or not isinstance(meta, dict):
+        return False
+    answer = meta.get("answer")
+    if answer is None:
+        if "task" not in meta or "args" not in meta:
+            raise GADError("toy check: record meta has neither 'answer' nor 'task' and 'args' (not a toy record?)")
+        answer = solve(meta["task"], meta["args"])
+    return response.strip() == str(answer).strip()
+
+
+def accuracy(records: list[dict[str, Any]], responses: list[str | None]) -> float:
+    """Fraction of `responses` that `check` accepts against the matching records' meta."""
+    records, responses = list(records), list(responses)
+    if len(records) != len(responses):
+        raise GADError(f"accuracy: {len(records)} records but {len(responses)} responses")
+    if not records:
+        return 0.0
+    return sum(check(r.get("meta") or {}, resp) for r, resp in zip(records, responses)) / len(records)
