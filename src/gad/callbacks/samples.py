@@ -1,0 +1,46 @@
+"""Periodic rollout samples with their discriminator scores, as JSONL for the notebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class RolloutSamples(L.Callback):
+    """Appends up to `max_prompts` prompts of the step's rollout to `<dirpath>/rollouts.jsonl`.
+
+    One line per prompt: step, phase, prompt id, teacher response and score, and each
+    student sample with its score (the reward it was given) and length in tokens.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: int = 10, max_prompts: int = 4):
+        self.path = Path(dirpath) / "rollouts.jsonl"
+        self.every_n_steps, self.max_prompts = every_n_steps, max_prompts
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = pl_module.completed_steps
+        last = getattr(pl_module, "last_rollout", None)
+        if last is None or not trainer.is_global_zero or step % self.every_n_steps:
+            return
+        batch, rollout, scores = last
+        decode = pl_module.tokenizer.decode
+        n = rollout.num_samples
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for i in range(min(self.max_prompts, len(batch["ids"]))):
+                prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+                teacher = batch["response_ids"][i][batch["response_mask"][i].bool()]
+                samples = []
+                for j in range(i * n, (i + 1) * n):
+                    tokens = rollout.response_ids[j][rollout.response_mask[j].bool()]
+                    samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
+                                    "length": len(tokens)})
+                record = {
+                    "step": step, "phase": "adversarial" if getattr(pl_module, "adversarial", False) else "warmup",
+                    "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
+                    "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
+                    "teacher_length": len(teacher), "samples": samples,
+                }
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")

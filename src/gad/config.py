@@ -1,0 +1,114 @@
+"""Early config validation: every problem is one line naming the key, before any model loads.
+
+Two checks:
+- unknown keys: every node with a `_target_` may only hold arguments its target accepts
+  (a typo in an experiment file would otherwise be silently ignored);
+- values: the rules below, applied to whichever of these keys the composed config has.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from gad.errors import GADError
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+INJECTED = {"student", "tokenizer", "callbacks", "logger"}  # passed by the training script, not the config
+
+
+def _positive(x): return x > 0
+def _non_negative(x): return x >= 0
+def _at_least(n): return lambda x: x >= n
+def _unit_interval(x): return 0 <= x <= 1
+def _one_of(*options): return lambda x: x in options
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "method.temperature": (_positive, "must be > 0"),
+    "method.top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
+    "method.alpha": (_unit_interval, "must be in [0, 1]"),
+    "method.num_samples": (_at_least(2), "must be >= 2 (advantages are normalised within each prompt's samples)"),
+    "method.max_new_tokens": (_at_least(1), "must be >= 1"),
+    "method.warmup_steps": (_non_negative, "must be >= 0"),
+    "method.d_only_steps": (_non_negative, "must be >= 0"),
+    "method.adversarial_steps": (_non_negative, "must be >= 0"),
+    "method.steps": (_at_least(1), "must be >= 1"),
+    "method.kl_coef": (_non_negative, "must be >= 0"),
+    "method.clip_ratio": (_positive, "must be > 0"),
+    "method.d_loss": (_one_of("bt", "bce"), "must be 'bt' or 'bce'"),
+    "method.micro_batch_size": (_at_least(1), "must be >= 1"),
+    "method.rollout_batch_size": (_at_least(1), "must be >= 1"),
+    "method.generator_optimizer.lr": (_positive, "must be > 0"),
+    "method.discriminator_optimizer.lr": (_positive, "must be > 0"),
+    "data.batch_size": (_at_least(1), "must be >= 1"),
+    "data.val_size": (_non_negative, "must be >= 0"),
+    "data.max_prompt_tokens": (_at_least(1), "must be >= 1"),
+    "data.max_response_tokens": (_at_least(1), "must be >= 1"),
+    "data.truncation": (_one_of("left", "drop"), "must be 'left' or 'drop'"),
+}
+
+
+def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from _targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _targets(item, f"{path}[{i}]")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    for path, node in _targets(cfg, ""):
+        if path.startswith("hydra"):
+            continue
+        target = node._get_node("_target_")._value()
+        try:
+            obj = get_object(target)
+        except Exception:
+            raise GADError(f"{path}._target_: cannot import '{target}'") from None
+        params = inspect.signature(obj).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in node:
+            if key not in params and key not in HYDRA_KEYS and key not in INJECTED:
+                known = ", ".join(sorted(k for k in params if k not in INJECTED | {"self"}))
+                raise GADError(f"{path}.{key}: unknown key for {target} (known: {known})")
+
+
+def check_values(cfg: DictConfig) -> None:
+    for key, (ok, why) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        try:
+            valid = ok(value)
+        except TypeError:
+            valid = False
+        if not valid:
+            raise GADError(f"{key}={value} is invalid: {why}")
+    method = cfg.get("method") or {}
+    if "d_only_steps" in method and method.d_only_steps > method.warmup_steps:
+        raise GADError(f"method.d_only_steps={method.d_only_steps} is invalid: must be <= method.warmup_steps={method.warmup_steps}")
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    if "deepspeed" in strategy.lower():
+        raise GADError(
+            f"trainer.strategy={strategy} is not supported: Lightning's DeepSpeed strategy allows one optimizer, "
+            "and GAD steps two networks; use trainer=ddp or trainer=fsdp"
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `GADError` for the first problem found; resolves interpolations as a side check."""
+    try:
+        OmegaConf.resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    except Exception as err:
+        raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
+    check_known_keys(cfg)
+    check_values(cfg)

@@ -1,0 +1,214 @@
+"""Replays a teacher dump: (chat prompt, teacher response) pairs, tokenised for the student.
+
+Training is counted in steps, not epochs: the train loader is an endless stream of
+batches indexed by step, so a run resumed at step k continues with exactly the batch an
+uninterrupted run would have seen (the start is the module's completed-step counter,
+restored from the checkpoint before the loader is built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, Sampler
+from transformers import PreTrainedTokenizerBase
+
+from gad.data.records import Columns, dump_files, is_hub_id, read_records
+from gad.errors import GADError
+
+CACHE_FORMAT = 1
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless batches of row indices; batch g on rank r of W is slice (g*W + r) of the stream.
+
+    The stream is successive seeded permutations of the rows (one per pass over the data),
+    so ranks never share a row within a step and any step's batch is a pure function of
+    (seed, step, rank).
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._perms: dict[int, list[int]] = {}
+
+    def _row(self, position: int) -> int:
+        epoch, i = divmod(position, self.num_rows)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.num_rows, generator=g).tolist()}
+        return self._perms[epoch][i]
+
+    def batch_at(self, step: int) -> list[int]:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return [self._row(p) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def validation_split(records: list[dict], val_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out `val_size` records chosen by a seeded hash of their id (stable under row order)."""
+    if val_size <= 0:
+        return records, []
+    if val_size >= len(records):
+        raise GADError(f"data.val_size={val_size} leaves no training rows ({len(records)} records)")
+    rank = sorted(records, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
+    held = {r["id"] for r in rank[:val_size]}
+    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+
+
+class DistillDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        path: str,
+        split: str = "train",
+        columns: dict[str, str | None] | None = None,
+        skip_invalid: bool = False,
+        max_prompt_tokens: int = 2048,
+        max_response_tokens: int = 1536,
+        truncation: str = "left",
+        end_of_turn: str | None = None,
+        val_size: int = 64,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if truncation not in ("left", "drop"):
+            raise GADError(f"data.truncation: '{truncation}' is not 'left' or 'drop'")
+        self.tokenizer = tokenizer
+        self.path, self.split = str(path), split
+        self.columns = Columns(**(columns or {}))
+        self.skip_invalid = skip_invalid
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+        self.truncation = truncation
+        self.end_of_turn = end_of_turn or tokenizer.eos_token
+        ids = tokenizer.convert_tokens_to_ids([self.end_of_turn])
+        if ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise GADError(f"data.end_of_turn: '{self.end_of_turn}' is not a single token of the student's tokenizer")
+        self.end_of_turn_id = ids[0]
+        self.val_size, self.batch_size = val_size, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.seed, self.cache_dir, self.num_workers = seed, cache_dir, num_workers
+        self.train_set: datasets.Dataset | None = None
+        self.val_set: datasets.Dataset | None = None
+        self.stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ loading
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        cached = self._cache_path()
+        if cached is not None and cached.exists():
+            splits = datasets.load_from_disk(str(cached))
+            self.stats = json.loads((cached / "stats.json").read_text())
+            self.stats["cache"] = "hit"
+        else:
+            splits, self.stats = self._build()
+            if cached is not None:
+                splits.save_to_disk(str(cached))
+                (cached / "stats.json").write_text(json.dumps(self.stats))
+            self.stats["cache"] = "miss" if cached is not None else "off"
+        self.train_set, self.val_set = splits["train"], splits["validation"]
+        if self.trainer is None or self.trainer.is_global_zero:
+            self._print_report()
+
+    def _build(self) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+        records, report = read_records(self.path, self.columns, split=self.split, skip_invalid=self.skip_invalid)
+        stats: dict[str, Any] = {"rows": report.rows, "invalid_skipped": sum(report.skipped.values())}
+        stats.update({f"invalid: {k}": v for k, v in report.skipped.items()})
+        encoded = self._encode(records, stats)
+        if not encoded:
+            raise GADError(f"{self.path}: every prompt is longer than data.max_prompt_tokens={self.max_prompt_tokens}")
+        train, val = validation_split(encoded, self.val_size, self.seed)
+        stats.update(train=len(train), validation=len(val))
+        return datasets.DatasetDict(train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)), stats
+
+    def _encode(self, records: list[dict], stats: dict[str, Any]) -> list[dict]:
+        prompts = self.tokenizer.apply_chat_template(
+            [r["messages"] for r in records], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        responses = self.tokenizer([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+        out, dropped, cut_prompts, cut_responses = [], 0, 0, 0
+        for record, prompt, response in zip(records, prompts, responses):
+            if len(prompt) > self.max_prompt_tokens:
+                if self.truncation == "drop":
+                    dropped += 1
+                    continue
+                prompt, cut_prompts = prompt[-self.max_prompt_tokens :], cut_prompts + 1
+            # The same terminal token the student's samples end with; otherwise D learns to
+            # tell teacher from student by the eos alone.
+            response = response + [self.end_of_turn_id]
+            if len(response) > self.max_response_tokens:
+                response, cut_responses = response[: self.max_response_tokens], cut_responses + 1
+            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response})
+        stats.update(prompts_dropped_too_long=dropped, prompts_truncated=cut_prompts, responses_truncated=cut_responses)
+        return out
+
+    def _cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        if is_hub_id(self.path):
+            source = [self.path, self.split]
+        else:
+            source = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in dump_files(self.path)]
+        tok = self.tokenizer
+        key = json.dumps(
+            [CACHE_FORMAT, source, tok.name_or_path, len(tok), tok.chat_template, self.end_of_turn, asdict(self.columns),
+             self.skip_invalid, self.max_prompt_tokens, self.max_response_tokens, self.truncation, self.val_size, self.seed],
+            default=str,
+        )
+        return Path(self.cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _print_report(self) -> None:
+        table = Table(title=f"data: {self.path}", show_header=False)
+        for key, value in self.stats.items():
+            table.add_row(key, str(value))
+        Console(stderr=True).print(table)
+
+    # ------------------------------------------------------------ loaders
+
+    def collate(self, rows: list[dict]) -> dict[str, Any]:
+        pad = self.tokenizer.pad_token_id
+        p_len = max(len(r["prompt_ids"]) for r in rows)
+        r_len = max(len(r["response_ids"]) for r in rows)
+        prompt_ids = torch.full((len(rows), p_len), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((len(rows), p_len), dtype=torch.long)
+        response_ids = torch.full((len(rows), r_len), pad, dtype=torch.long)
+        response_mask = torch.zeros((len(rows), r_len), dtype=torch.long)
+        for i, row in enumerate(rows):
+            p, r = row["prompt_ids"], row["response_ids"]
+            prompt_ids[i, p_len - len(p) :], prompt_mask[i, p_len - len(p) :] = torch.tensor(p), 1
+            response_ids[i, : len(r)], response_mask[i, : len(r)] = torch.tensor(r), 1
+        return {"ids": [r["id"] for r in rows], "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+                "response_ids": response_ids, "response_mask": response_mask}
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup() first"
+        trainer = self.trainer
+        start = getattr(trainer.lightning_module, "completed_steps", 0) if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, start, rank, world)
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "setup() first"
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=self.collate, num_workers=self.num_workers)

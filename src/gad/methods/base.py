@@ -1,0 +1,195 @@
+"""What every distillation method shares: the student, its optimizer, the step counter,
+teacher-forced log-probs, the validation metric, checkpoint state and the export.
+
+Training is counted in method steps (one batch of prompts each), not in Lightning's
+`global_step`, which counts optimizer steps and so advances twice per GAD step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.aggregation import MeanMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from gad.losses import masked_sum, position_ids, token_logprobs
+from gad.methods.optim import NetworkOptim
+
+
+def micro_batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class DistillModule(L.LightningModule):
+    """Base class: subclasses register their networks in `self.networks` and write `training_step`."""
+
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        generator_optimizer,
+        generator_scheduler,
+        generator_grad_clip: float | None,
+        micro_batch_size: int,
+        seed: int,
+        profile: bool = False,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = student
+        self.tokenizer = tokenizer
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.profile = profile
+        self.networks: dict[str, NetworkOptim] = {
+            "generator": NetworkOptim(student, generator_optimizer, generator_scheduler, generator_grad_clip)
+        }
+        self.completed_steps = 0
+        self.timings: dict[str, float] = {}
+        self.val_nll = MeanMetric()
+        eos = student.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_ids = sorted({*eos, tokenizer.eos_token_id})
+
+    # ------------------------------------------------------------ schedule
+
+    @property
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def end_step(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Count the step, log its metrics, and stop the trainer after the last step."""
+        self.completed_steps += 1
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["train/step"] = float(self.completed_steps)
+        if self.profile:
+            metrics.update({f"time/{k}": v for k, v in self.timings.items()})
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
+        if self.completed_steps >= self.total_steps:
+            self.trainer.should_stop = True
+        return metrics
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Accumulate wall time per section of the step (synchronising CUDA only when profiling)."""
+        sync = self.profile and self.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if sync:
+            torch.cuda.synchronize()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.timings = {}
+
+    def rollout_seed(self) -> int:
+        """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""
+        return (self.seed * 1_000_003 + self.completed_steps) * 4096 + self.global_rank
+
+    # ------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        built = [net.build() for net in self.networks.values()]
+        return [opt for opt, _ in built], [sched for _, sched in built]
+
+    def step_optimizer(self, name: str) -> torch.Tensor:
+        """Clip, step and zero one network's optimizer, step its schedule; returns the grad norm."""
+        index = list(self.networks).index(name)
+        net = self.networks[name]
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        opt = optimizers[index] if isinstance(optimizers, list) else optimizers
+        sched = schedulers[index] if isinstance(schedulers, list) else schedulers
+        params = [p for p in net.module.parameters() if p.grad is not None]
+        max_norm = net.grad_clip if net.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        return grad_norm
+
+    # ------------------------------------------------------------ the student on teacher text
+
+    def response_logprobs(
+        self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor,
+        temperature: float = 1.0, with_logits: bool = False,
+    ):
+        """log q(response token | prefix) for sequences laid out `[pad.. prompt | response ..pad]`.
+
+        Only the last R+1 positions go through the LM head (`logits_to_keep`), since the
+        prompt's own predictions are never used.
+        """
+        width = response_ids.size(1)
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+            logits_to_keep=width + 1, use_cache=False,
+        ).logits[:, :-1]
+        logp = token_logprobs(logits, response_ids, temperature)
+        return (logp, logits) if with_logits else logp
+
+    def teacher_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
+        return ids, mask
+
+    def sft_backward(self, batch: dict[str, Any], weight: float = 1.0) -> torch.Tensor:
+        """Backpropagate `weight` x token-mean cross-entropy on the teacher responses; returns the CE."""
+        ids, attn = self.teacher_sequences(batch)
+        targets, mask = batch["response_ids"], batch["response_mask"]
+        total = mask.sum().clamp(min=1)
+        ce = torch.zeros((), device=self.device)
+        for sl in micro_batches(ids.size(0), self.micro_batch_size):
+            logp = self.response_logprobs(self.generator, ids[sl], attn[sl], targets[sl])
+            loss = -masked_sum(logp, mask[sl]) / total
+            self.manual_backward(weight * loss)
+            ce += loss.detach()
+        return ce
+
+    def sft_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with self.timed("g_step"):
+            ce = self.sft_backward(batch)
+            grad_norm = self.step_optimizer("generator")
+        return {"train/sft_loss": ce, "train/grad_norm_g": grad_norm}
+
+    # ------------------------------------------------------------ validation: needs no API
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        ids, attn = self.teacher_sequences(batch)
+        logp = self.response_logprobs(self.generator, ids, attn, batch["response_ids"])
+        mask = batch["response_mask"]
+        tokens = mask.sum()
+        self.val_nll.update(-masked_sum(logp, mask) / tokens.clamp(min=1), weight=tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/nll", self.val_nll.compute(), prog_bar=True)
+        self.val_nll.reset()
+
+    # ------------------------------------------------------------ checkpoint state and export
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["distill_state"] = self.extra_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_extra_state(checkpoint.get("distill_state", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"completed_steps": self.completed_steps}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.completed_steps = int(state.get("completed_steps", 0))
+
+    def export_student(self, directory: str | Path) -> Path:
+        """The student as a Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it)."""
+        directory = Path(directory)
+        self.generator.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory

@@ -1,0 +1,228 @@
+"""Generative Adversarial Distillation (Ye, Dong et al., 2025; arXiv 2511.10643).
+
+One training step, in order:
+  1. rollout       sample N responses per prompt from the current student (no grad)
+  2. discriminate  D scores teacher and student responses; those student scores are the rewards
+  3. D step        Bradley-Terry (or BCE) update: prefer the teacher's response to each sample
+  4. G step        warm-up: cross-entropy on the teacher responses (SeqKD)
+                   adversarial: PPO-clipped policy gradient with group-normalised advantages,
+                   k3 KL to the reference (the student at the end of warm-up), + alpha x CE
+  5. log
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gad import losses
+from gad.methods.base import DistillModule, micro_batches
+from gad.methods.optim import NetworkOptim
+from gad.models import Discriminator, frozen_copy
+from gad.rollout import Rollout, generation_config, sample
+
+
+@dataclass
+class Scores:
+    """Discriminator outputs before its update: teacher [B], student [B, N]."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor
+
+
+class GADModule(DistillModule):
+    def __init__(
+        self,
+        student,
+        tokenizer,
+        *,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        num_samples: int = 8,
+        max_new_tokens: int = 1536,
+        warmup_steps: int = 800,
+        d_only_steps: int = 10,
+        adversarial_steps: int = 1600,
+        alpha: float = 0.0,
+        kl_coef: float = 0.001,
+        clip_ratio: float = 0.2,
+        d_loss: str = "bt",
+        generator_warmup: bool = True,
+        discriminator_warmup: bool = True,
+        micro_batch_size: int = 8,
+        rollout_batch_size: int = 64,
+        generator_optimizer,
+        generator_scheduler,
+        generator_grad_clip: float | None = 0.2,
+        discriminator_optimizer,
+        discriminator_scheduler,
+        discriminator_grad_clip: float | None = 0.2,
+        seed: int = 0,
+        profile: bool = False,
+    ):
+        super().__init__(
+            student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
+            generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
+        )
+        self.temperature, self.num_samples, self.max_new_tokens = temperature, num_samples, max_new_tokens
+        self.warmup_steps, self.d_only_steps, self.adversarial_steps = warmup_steps, d_only_steps, adversarial_steps
+        self.alpha, self.kl_coef, self.clip_ratio = alpha, kl_coef, clip_ratio
+        self.d_loss = losses.DISCRIMINATOR_LOSSES[d_loss]
+        self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
+        self.rollout_batch_size = rollout_batch_size
+        self.sampling = generation_config(
+            max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
+            temperature=temperature, top_p=top_p,
+        )
+        self.discriminator = Discriminator.from_student(student)
+        self.networks["discriminator"] = NetworkOptim(
+            self.discriminator, discriminator_optimizer, discriminator_scheduler, discriminator_grad_clip
+        )
+        # Built now (weights copied in when warm-up ends) so a checkpoint always has the same keys.
+        self.reference = frozen_copy(student) if kl_coef > 0 else None
+        self.reference_ready = False
+        self.last_rollout: tuple[dict[str, Any], Rollout, Scores] | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.adversarial_steps
+
+    @property
+    def adversarial(self) -> bool:
+        return self.completed_steps >= self.warmup_steps
+
+    # ------------------------------------------------------------ the step
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
+        if self.adversarial:
+            self.start_adversarial_phase()
+        train_d = self.adversarial or self.discriminator_warmup
+        train_g = self.adversarial or (self.generator_warmup and self.completed_steps >= self.d_only_steps)
+
+        rollout = self.rollout(batch)
+        scores, d_metrics = self.discriminator_step(batch, rollout, update=train_d)
+        if not train_g:
+            g_metrics = {}
+        elif self.adversarial:
+            g_metrics = self.policy_step(batch, rollout, rewards=scores.student)
+        else:
+            g_metrics = self.sft_step(batch)
+
+        self.last_rollout = (batch, rollout, scores)
+        return self.end_step({**self.rollout_metrics(batch, rollout, scores), **d_metrics, **g_metrics})
+
+    def start_adversarial_phase(self) -> None:
+        """Snapshot the warmed-up student as the frozen KL reference (once)."""
+        if self.reference is not None and not self.reference_ready:
+            self.reference.load_state_dict(self.generator.state_dict())
+        self.reference_ready = True
+
+    # ------------------------------------------------------------ 1. rollout
+
+    def rollout(self, batch: dict[str, Any]) -> Rollout:
+        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.rollout_seed())
+            return sample(
+                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
+                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
+            )
+
+    # ------------------------------------------------------------ 2-3. discriminator
+
+    def discriminator_step(self, batch: dict[str, Any], rollout: Rollout, update: bool) -> tuple[Scores, dict]:
+        """Score teacher and student responses, and (if `update`) take one D step on them.
+
+        The returned scores come from this forward, before the update: they are the
+        rewards, so D is never run twice on the same sequences.
+        """
+        n = self.num_samples
+        teacher_ids, teacher_mask = self.teacher_sequences(batch)
+        teacher_last = teacher_mask.size(1) - batch["response_mask"].size(1) + batch["response_mask"].sum(-1) - 1
+        student_ids, student_mask = rollout.input_ids, rollout.attention_mask
+        student_last = rollout.prompt_ids.size(1) + rollout.lengths - 1
+        prompts = teacher_ids.size(0)
+        teacher_scores, student_scores, loss_total = [], [], torch.zeros((), device=self.device)
+        with self.timed("d_step"), torch.set_grad_enabled(update):
+            # Micro-batches hold whole prompt groups so each BT pair sits in one forward.
+            for p in micro_batches(prompts, max(1, self.micro_batch_size // (n + 1))):
+                s = slice(p.start * n, p.stop * n)
+                t_score = self.discriminator(teacher_ids[p], teacher_mask[p], teacher_last[p])
+                s_score = self.discriminator(student_ids[s], student_mask[s], student_last[s]).view(-1, n)
+                loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / prompts
+                if update:
+                    self.manual_backward(loss)
+                loss_total += loss.detach()
+                teacher_scores.append(t_score.detach())
+                student_scores.append(s_score.detach())
+            scores = Scores(torch.cat(teacher_scores), torch.cat(student_scores))
+            metrics = {"train/d_loss": loss_total, "train/d_acc": losses.discriminator_accuracy(scores.teacher, scores.student)}
+            if update:
+                metrics["train/grad_norm_d"] = self.step_optimizer("discriminator")
+        return scores, metrics
+
+    # ------------------------------------------------------------ 4. generator (adversarial)
+
+    def policy_step(self, batch: dict[str, Any], rollout: Rollout, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+        """PPO-clipped policy gradient on the rollout, rewarded by D, plus k3 KL and alpha x CE."""
+        advantages = losses.group_advantages(rewards).reshape(-1, 1)
+        ids, attn, targets, mask = rollout.input_ids, rollout.attention_mask, rollout.response_ids, rollout.response_mask
+        ref_logp = self.reference_logprobs(rollout) if self.reference is not None else None
+        total = mask.sum().clamp(min=1)
+        sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
+        with self.timed("g_step"):
+            for sl in micro_batches(ids.size(0), self.micro_batch_size):
+                logp, logits = self.response_logprobs(
+                    self.generator, ids[sl], attn[sl], targets[sl], self.temperature, with_logits=True
+                )
+                # One update per rollout batch: the "old" policy is the current one, detached.
+                pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
+                per_token = pg
+                if ref_logp is not None:
+                    kl = losses.k3_kl(logp, ref_logp[sl])
+                    per_token = pg + self.kl_coef * kl
+                    sums["kl"] += losses.masked_sum(kl.detach(), mask[sl])
+                self.manual_backward(losses.masked_sum(per_token, mask[sl]) / total)
+                sums["pg"] += losses.masked_sum(pg.detach(), mask[sl])
+                sums["clip"] += losses.masked_sum(clipped, mask[sl])
+                with torch.no_grad():
+                    sums["entropy"] += losses.masked_sum(losses.token_entropy(logits, self.temperature), mask[sl])
+            metrics = {f"train/{k if k != 'pg' else 'g_loss'}": v / total for k, v in sums.items()}
+            if self.alpha > 0:
+                metrics["train/sft_loss"] = self.sft_backward(batch, weight=self.alpha)
+            metrics["train/grad_norm_g"] = self.step_optimizer("generator")
+        return metrics
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        with self.timed("ref_forward"):
+            ids, attn, targets = rollout.input_ids, rollout.attention_mask, rollout.response_ids
+            return torch.cat([
+                self.response_logprobs(self.reference, ids[sl], attn[sl], targets[sl], self.temperature)
+                for sl in micro_batches(ids.size(0), self.micro_batch_size)
+            ])
+
+    # ------------------------------------------------------------ 5. what to watch
+
+    def rollout_metrics(self, batch: dict[str, Any], rollout: Rollout, scores: Scores) -> dict[str, Any]:
+        rewards = scores.student
+        return {
+            "train/phase": float(self.adversarial),
+            "train/teacher_score": scores.teacher.mean(),
+            "train/student_score": rewards.mean(),
+            "train/score_gap": scores.teacher.mean() - rewards.mean(),
+            "train/reward_mean": rewards.mean(),
+            "train/reward_std": rewards.std(),
+            "train/response_len": rollout.lengths.float().mean(),
+            "train/teacher_len": batch["response_mask"].sum(-1).float().mean(),
+        }
+
+    # ------------------------------------------------------------ checkpoint state
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "reference_ready": self.reference_ready}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.reference_ready = bool(state.get("reference_ready", False))

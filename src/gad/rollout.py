@@ -1,0 +1,119 @@
+"""Sampling from the student: on-policy rollouts for training, greedy decoding for evaluation.
+
+The policy gradient is only correct if the samples come from exactly softmax(logits / T).
+transformers 5 fills every generation field left unset from the model's own
+`generation_config` (Qwen2.5-Instruct ships top_k=20, top_p=0.8, repetition_penalty=1.05),
+so every logits warper is pinned to its neutral value here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from gad.losses import response_mask
+
+NEUTRAL_WARPERS = dict(top_k=0, typical_p=1.0, min_p=None, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                       repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
+
+
+def generation_config(
+    *, max_new_tokens: int, eos_ids: list[int], pad_id: int, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
+) -> GenerationConfig:
+    sampling = {} if greedy else dict(temperature=temperature, top_p=top_p)
+    return GenerationConfig(
+        do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
+        use_cache=True, **sampling, **NEUTRAL_WARPERS,
+    )
+
+
+@dataclass
+class Rollout:
+    """Student samples for a batch of B prompts, N per prompt, laid out prompt-major [B*N, ...].
+
+    Prompts are left-padded to P tokens and responses right-padded to R tokens, so each
+    row is `[pad.. prompt | response ..pad]` and the response occupies the last R columns.
+    """
+
+    prompt_ids: torch.Tensor  # [B*N, P]
+    prompt_mask: torch.Tensor  # [B*N, P]
+    response_ids: torch.Tensor  # [B*N, R]
+    response_mask: torch.Tensor  # [B*N, R] 1 up to and including the first eos
+    num_samples: int
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    num_samples: int,
+    config: GenerationConfig,
+    eos_ids: torch.Tensor,
+    micro_batch_size: int,
+    synced_gpus: bool = False,
+) -> Rollout:
+    """Draw `num_samples` responses per prompt, `micro_batch_size` sequences per `generate` call.
+
+    Runs in eval mode so gradient checkpointing (which disables the KV cache) is off during
+    decoding; the previous mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    width = prompt_ids.size(1)
+    chunks = []
+    for start in range(0, prompt_ids.size(0), micro_batch_size):
+        out = model.generate(
+            input_ids=prompt_ids[start : start + micro_batch_size],
+            attention_mask=prompt_mask[start : start + micro_batch_size],
+            generation_config=config,
+            synced_gpus=synced_gpus,
+        )
+        chunks.append(out[:, width:])
+    model.train(was_training)
+    responses = _right_pad(chunks, config.pad_token_id)
+    return Rollout(prompt_ids, prompt_mask, responses, response_mask(responses, eos_ids), num_samples)
+
+
+def _right_pad(chunks: list[torch.Tensor], pad_id: int) -> torch.Tensor:
+    width = max(c.size(1) for c in chunks)
+    return torch.cat([torch.nn.functional.pad(c, (0, width - c.size(1)), value=pad_id) for c in chunks])
+
+
+@torch.no_grad()
+def generate_texts(
+    model: PreTrainedModel, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
+    batch_size: int = 32, eos_ids: list[int] | None = None, config: GenerationConfig | None = None,
+) -> list[str]:
+    """Decode a reply to each conversation (greedy unless `config` says otherwise), in batches."""
+    eos_ids = eos_ids or [tokenizer.eos_token_id]
+    config = config or generation_config(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, greedy=True)
+    was_training = model.training
+    model.eval()
+    texts = []
+    for start in range(0, len(conversations), batch_size):
+        enc = tokenizer.apply_chat_template(
+            conversations[start : start + batch_size], add_generation_prompt=True, tokenize=True,
+            return_dict=True, padding=True, return_tensors="pt",
+        ).to(model.device)
+        out = model.generate(**enc, generation_config=config)
+        texts += tokenizer.batch_decode(out[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
+    model.train(was_training)
+    return texts

@@ -1,0 +1,36 @@
+"""Build everything from the composed config and fit: the body of `src/train.py`."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gad.config import validate
+from gad.errors import GADError
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train and return the final validation metric (val/nll: needs no API, so sweepers can use it)."""
+    validate(cfg)
+    if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
+        raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    tokenizer = instantiate(cfg.model.tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    datamodule.setup("fit")  # a malformed dump fails here, before any weights are loaded
+    student = instantiate(cfg.model.student)
+    if len(tokenizer) > student.get_input_embeddings().num_embeddings:
+        raise GADError(f"model: tokenizer has {len(tokenizer)} tokens but the student's embedding only "
+                       f"{student.get_input_embeddings().num_embeddings}")
+    module = instantiate(cfg.method, student=student, tokenizer=tokenizer)
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return results[0].get("val/nll") if results else None
