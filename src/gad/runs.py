@@ -1,0 +1,49 @@
+"""Finding and reloading training runs: `<run>/.hydra/config.yaml` + `<run>/checkpoints/*.ckpt`.
+
+A run folder holds: .hydra/config.yaml (the composed config), metrics.csv, rollouts.jsonl,
+summary.json, checkpoints/{last,step_<k>}.ckpt and, once training ends, student/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gad.errors import GADError
+
+
+def run_config(run_dir: str | Path) -> DictConfig:
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise GADError(f"{run_dir}: not a training run folder (no .hydra/config.yaml)")
+    return OmegaConf.load(path)
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The periodic checkpoints of a run, in step order (last.ckpt excluded)."""
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.ckpt"))
+
+
+def latest_run(task_dir: str | Path) -> Path:
+    """The newest run folder under `outputs/<task_name>/runs/`."""
+    runs = sorted(p for p in (Path(task_dir) / "runs").glob("*") if (p / ".hydra").is_dir())
+    if not runs:
+        raise GADError(f"{task_dir}: no runs found under {Path(task_dir) / 'runs'}")
+    return runs[-1]
+
+
+def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str = "cpu"):
+    """Rebuild a run's LightningModule from its config and load a checkpoint (default: last.ckpt)."""
+    cfg = run_config(run_dir)
+    ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise GADError(f"{ckpt}: no such checkpoint")
+    tokenizer = instantiate(cfg.model.tokenizer)
+    module = instantiate(cfg.method, student=instantiate(cfg.model.student), tokenizer=tokenizer)
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    module.on_load_checkpoint(state)
+    return module.to(device).eval()
