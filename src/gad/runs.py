@@ -1,6 +1,6 @@
-"""Finding and reloading training runs: `<run>/.hydra/config.yaml` + `<run>/checkpoints/*.ckpt`.
+"""Finding and reloading training runs: `<run>/config.yaml` + `<run>/checkpoints/*.ckpt`.
 
-A run folder holds: .hydra/config.yaml (the composed config), metrics.csv, rollouts.jsonl,
+A run folder holds: config.yaml (the composed config, resolved), metrics.csv, rollouts.jsonl,
 summary.json, checkpoints/{last,step_<k>}.ckpt and, once training ends, student/.
 """
 
@@ -16,9 +16,9 @@ from gad.errors import GADError
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise GADError(f"{run_dir}: not a training run folder (no .hydra/config.yaml)")
+        raise GADError(f"{run_dir}: not a training run folder (no config.yaml)")
     return OmegaConf.load(path)
 
 
@@ -29,7 +29,7 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 def latest_run(task_dir: str | Path) -> Path:
     """The newest run folder under `outputs/<task_name>/runs/`."""
-    runs = sorted(p for p in (Path(task_dir) / "runs").glob("*") if (p / ".hydra").is_dir())
+    runs = sorted(p for p in (Path(task_dir) / "runs").glob("*") if (p / "config.yaml").is_file())
     if not runs:
         raise GADError(f"{task_dir}: no runs found under {Path(task_dir) / 'runs'}")
     return runs[-1]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gad.config import validate
 from gad.errors import GADError
@@ -18,6 +19,10 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Resolved, so the run can be reloaded outside Hydra (gad.runs.load_module, the notebook).
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     tokenizer = instantiate(cfg.model.tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
