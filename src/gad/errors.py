@@ -8,6 +8,7 @@ downloaded) raises `GADError` with a message that names *what* is wrong and *whe
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -29,4 +30,25 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except GADError as err:
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run_cli(main) -> None:
+    """Run a `@hydra.main` function so that config mistakes also end in one line and exit 2.
+
+    Hydra prints its own composition errors (an unknown override key, a missing config
+    option) over several lines; with HYDRA_FULL_ERROR set it raises them instead, and they
+    are condensed here. Other exceptions are bugs and keep their full traceback.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = err.__cause__
+        detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        print(f"error: {one_line(first + detail)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gad.errors import GADError
+from gad.train import build_module
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
@@ -41,8 +41,7 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise GADError(f"{ckpt}: no such checkpoint")
-    tokenizer = instantiate(cfg.model.tokenizer)
-    module = instantiate(cfg.method, student=instantiate(cfg.model.student), tokenizer=tokenizer)
+    module = build_module(cfg)
     state = torch.load(ckpt, map_location=device, weights_only=False)
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)

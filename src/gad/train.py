@@ -13,6 +13,16 @@ from gad.config import validate
 from gad.errors import GADError
 
 
+def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
+    """The method's LightningModule around a freshly loaded (or, from `config`, initialised) student."""
+    tokenizer = tokenizer if tokenizer is not None else instantiate(cfg.model.tokenizer)
+    student = instantiate(cfg.model.student)
+    rows = student.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise GADError(f"model: the tokenizer has {len(tokenizer)} tokens but the student's embedding only {rows}")
+    return instantiate(cfg.method, student=student, tokenizer=tokenizer)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and return the final validation metric (val/nll: needs no API, so sweepers can use it)."""
     validate(cfg)
@@ -27,11 +37,7 @@ def train(cfg: DictConfig) -> float | None:
     tokenizer = instantiate(cfg.model.tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # a malformed dump fails here, before any weights are loaded
-    student = instantiate(cfg.model.student)
-    if len(tokenizer) > student.get_input_embeddings().num_embeddings:
-        raise GADError(f"model: tokenizer has {len(tokenizer)} tokens but the student's embedding only "
-                       f"{student.get_input_embeddings().num_embeddings}")
-    module = instantiate(cfg.method, student=student, tokenizer=tokenizer)
+    module = build_module(cfg, tokenizer)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
