@@ -1,0 +1,55 @@
+"""Shared test helpers. Everything runs offline: nothing may come from the Hugging Face hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few steps of every phase on the toy world: 3 warm-up (1 of them D only), 3 adversarial.
+FAST = [
+    "method.warmup_steps=3", "method.d_only_steps=1", "method.adversarial_steps=3", "method.num_samples=2",
+    "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8", "trainer.val_check_interval=1000",
+    "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def run_entry(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the repository's entry scripts the way a user does."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "src" / script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train(log_dir: Path, *overrides: str, fast: bool = True) -> Path:
+    """`python src/train.py` into `log_dir`; returns the run folder (fails the test on a non-zero exit)."""
+    args = [f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *(FAST if fast else []), *overrides]
+    proc = run_entry("train.py", *args)
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    runs = sorted((log_dir / "train" / "runs").iterdir())
+    return runs[-1]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit status 2, a single `error: ...` line on stderr naming `fragments`, and no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
