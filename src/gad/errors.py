@@ -23,13 +23,25 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def user_error(err: BaseException | None) -> GADError | None:
+    """The `GADError` behind `err`, if any (Hydra's `instantiate` wraps what targets raise)."""
+    while err is not None:
+        if isinstance(err, GADError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a `GADError` into `error: <message>` on stderr and exit status 2."""
+    """Turn a `GADError` (raised directly or wrapped) into `error: <message>` on stderr and exit status 2."""
     try:
         yield
-    except GADError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+    except Exception as err:
+        found = user_error(err)
+        if found is None:
+            raise
+        print(f"error: {one_line(found)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -1,0 +1,89 @@
+"""The real configs compose and validate; bad values stop early with one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, assert_one_line_error, run_entry
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from gad.config import validate
+from gad.errors import GADError
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
+    return cfg
+
+
+def test_there_are_real_model_experiments():
+    assert {"gad_qwen7b", "gad_qwen3b", "gad_qwen14b", "gad_llama8b", "seqkd_qwen7b"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name):
+    validate(composed(f"experiment={name}"))
+
+
+def test_paper_hyperparameters_in_the_main_experiment():
+    cfg = composed("experiment=gad_qwen7b")
+    m = cfg.method
+    assert (m.temperature, m.num_samples, m.kl_coef, m.clip_ratio, m.alpha, m.d_loss) == (0.8, 8, 0.001, 0.2, 0.0, "bt")
+    assert (m.warmup_steps, m.d_only_steps, m.adversarial_steps) == (800, 10, 1600)
+    assert m.generator_optimizer.lr == m.discriminator_optimizer.lr == 1e-6
+    assert m.generator_grad_clip == m.discriminator_grad_clip == 0.2
+    assert (cfg.data.max_prompt_tokens, cfg.data.max_response_tokens, m.max_new_tokens) == (2048, 1536, 1536)
+    assert cfg.model.student.name_or_path == "Qwen/Qwen2.5-7B-Instruct" and cfg.model.student.gradient_checkpointing
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert composed("experiment=seqkd_qwen7b").method.generator_optimizer.lr == 5e-6
+
+
+def test_default_run_is_the_toy_world_at_toy_scale():
+    cfg = composed()
+    toy_scale = OmegaConf.load(ROOT / "conf" / "scale" / "toy_gad.yaml")
+    assert cfg.data.path.endswith("data/toy/train.jsonl") and cfg.model.student.name_or_path is None
+    assert cfg.method.warmup_steps == toy_scale.method.warmup_steps
+    assert cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("method.temperature=0", "method.temperature"),
+    ("method.temperature=-1", "method.temperature"),
+    ("method.alpha=1.5", "method.alpha"),
+    ("method.alpha=-0.1", "method.alpha"),
+    ("method.num_samples=1", "method.num_samples"),
+    ("method.d_loss=hinge", "method.d_loss"),
+    ("method.d_only_steps=1000", "method.d_only_steps"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("+method.temprature=1", "method.temprature"),
+    ("+data.pth=x", "data.pth"),
+    ("trainer.strategy=deepspeed_stage_2", "trainer.strategy"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(GADError, match=key.replace(".", r"\.")):
+        validate(composed(override))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("method.temperature=0", "method.temperature=0 is invalid"),
+    ("method.temprature=1", "method.temprature"),
+    ("experiment=no_such_experiment", "experiment/no_such_experiment"),
+])
+def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragment):
+    assert_one_line_error(run_entry("train.py", override, f"paths.log_dir={tmp_path}"), fragment)
+
+
+def test_real_experiment_offline_fails_with_one_line(tmp_path):
+    proc = run_entry("train.py", "experiment=gad_qwen7b", f"paths.log_dir={tmp_path}")
+    assert_one_line_error(proc, "Qwen/Qwen2.5-7B-Instruct", "offline")
+
+
+def test_cfg_job_prints_the_composed_experiment():
+    proc = run_entry("train.py", "experiment=gad_llama8b", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "meta-llama/Llama-3.1-8B-Instruct" in proc.stdout and "<|finetune_right_pad_id|>" in proc.stdout
