@@ -4,7 +4,8 @@
         client = AsyncOpenAI(base_url=server.base_url, api_key="...")
 
 * `POST /v1/chat/completions` and `GET /v1/models`, HTTP/1.1 keep-alive, TCP_NODELAY.
-* Replies are deterministic, computed from the request: `reply_for(messages)`.
+* Replies are deterministic, computed from the request: `reply_for(messages)`, or
+  `reply_fn(messages)` when one is given (e.g. a deterministic judge for the evaluation tests).
 * Faults are scripted per request. `script` maps a substring of the last user message to a list
   of faults, one per attempt (the first matching key wins; once the list is used up the reply is
   "ok"); `default` is the list for requests no key matches. `fault_fn(text, attempt)` may return
@@ -23,7 +24,8 @@
     length         finish_reason "length" (truncated)
     empty          a reply with empty content
 * `api_key`: when set, a request without `Authorization: Bearer <api_key>` gets 401.
-* Every request is logged in `server.requests` (`Request(time, path, text, attempt, fault)`).
+* Every request is logged in `server.requests` (`Request(time, path, text, attempt, fault,
+  authorization, body)`); `max_in_flight` is the most requests it handled at once.
 
 Run `python tests/chat_server.py --latency 0.05` for a standalone server (prints its URL).
 """
@@ -68,6 +70,7 @@ class Request:
     attempt: int
     fault: str
     authorization: str | None = None
+    body: dict | None = None  # the decoded JSON request
 
 
 class ChatServer:
@@ -86,6 +89,7 @@ class ChatServer:
         model: str = MODEL,
         port: int = 0,
         log_requests: bool = True,
+        reply_fn: Callable[[list[dict]], str] | None = None,
     ) -> None:
         self.latency = latency
         self.script = dict(script or {})
@@ -96,6 +100,7 @@ class ChatServer:
         self.api_key = api_key
         self.model = model
         self.log_requests = log_requests
+        self.reply_fn = reply_fn
         self.requests: list[Request] = []
         self.attempts: dict[str, int] = defaultdict(int)
         self.count = 0
@@ -227,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault, attempt = self.chat.choose_fault(text)
         auth = self.headers.get("Authorization")
-        self.chat.log(Request(time.monotonic(), self.path, text, attempt, fault, auth))
+        self.chat.log(Request(time.monotonic(), self.path, text, attempt, fault, auth, body))
         if not self._authorised():
             # like OpenAI, the error names the key it was given (OpenAI masks the middle; this echoes
             # it whole, so tests can check that the client side never repeats it)
@@ -269,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         else:
-            content: str | None = reply_for(messages)
+            content: str | None = (c.reply_fn or reply_for)(messages)
             finish = "stop"
             if fault == "refuse":
                 content = REFUSAL_TEXT
