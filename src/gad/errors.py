@@ -42,7 +42,16 @@ def exit_on_user_error() -> Iterator[None]:
         if found is None:
             raise
         print(f"error: {one_line(found)}", file=sys.stderr, flush=True)
+        if _in_multirun():
+            raise  # Hydra records this job as failed and goes on with the sweep
         sys.exit(EXIT_USER_ERROR)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def run_cli(main) -> None:
@@ -58,7 +67,13 @@ def run_cli(main) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as err:
+    except Exception as err:
+        found = user_error(err)
+        if found is not None:  # a failed sweep job: each job's own error line was printed as it ran
+            print(f"error: a sweep job failed: {one_line(found)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+        if not isinstance(err, (HydraException, OmegaConfBaseException)):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         cause = err.__cause__
         detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""

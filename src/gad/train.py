@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gad.config import validate
+from gad.distributed import finish_distributed
 from gad.errors import GADError
+
+# Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and
+# our own checkpoints are trusted pickles (they hold optimizer and loop state).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*weights_only.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
@@ -24,7 +32,7 @@ def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Train and return the final validation metric (val/nll: needs no API, so sweepers can use it)."""
+    """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it)."""
     validate(cfg)
     if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
@@ -42,6 +50,9 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return results[0].get("val/nll") if results else None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        finish_distributed()
+    return results[0].get(cfg.get("optimized_metric", "val/nll")) if results else None

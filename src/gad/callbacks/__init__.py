@@ -2,8 +2,9 @@
 
 from gad.callbacks.checkpoint import StepCheckpoint
 from gad.callbacks.export import ExportStudent
+from gad.callbacks.rank_digest import RankDigest
 from gad.callbacks.samples import RolloutSamples
 from gad.callbacks.summary import RunSummary
 from gad.callbacks.toy_accuracy import ToyAccuracy
 
-__all__ = ["ExportStudent", "RolloutSamples", "RunSummary", "StepCheckpoint", "ToyAccuracy"]
+__all__ = ["ExportStudent", "RankDigest", "RolloutSamples", "RunSummary", "StepCheckpoint", "ToyAccuracy"]

@@ -38,7 +38,7 @@ class RolloutSamples(L.Callback):
                     samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
                                     "length": len(tokens)})
                 record = {
-                    "step": step, "phase": "adversarial" if getattr(pl_module, "adversarial", False) else "warmup",
+                    "step": step, "phase": "adversarial" if outputs.get("train/phase", 0.0) >= 1 else "warmup",
                     "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
                     "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
                     "teacher_length": len(teacher), "samples": samples,

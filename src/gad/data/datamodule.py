@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -128,7 +129,7 @@ class DistillDataModule(L.LightningDataModule):
                 (cached / "stats.json").write_text(json.dumps(self.stats))
             self.stats["cache"] = "miss" if cached is not None else "off"
         self.train_set, self.val_set = splits["train"], splits["validation"]
-        if self.trainer is None or self.trainer.is_global_zero:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
             self._print_report()
 
     def _build(self) -> tuple[datasets.DatasetDict, dict[str, Any]]:

@@ -52,6 +52,8 @@ class DistillModule(L.LightningModule):
         self.networks: dict[str, NetworkOptim] = {
             "generator": NetworkOptim(student, generator_optimizer, generator_scheduler, generator_grad_clip)
         }
+        # Set by gad.distributed.TwoNetworkDDPStrategy: name -> that network in its own DDP wrapper.
+        self.wrapped: dict[str, torch.nn.Module] = {}
         self.completed_steps = 0
         self.timings: dict[str, float] = {}
         self.val_nll = MeanMetric()
@@ -97,6 +99,22 @@ class DistillModule(L.LightningModule):
         return (self.seed * 1_000_003 + self.completed_steps) * 4096 + self.global_rank
 
     # ------------------------------------------------------------ optimisation
+
+    @contextlib.contextmanager
+    def network(self, name: str, sync: bool = True) -> Iterator[torch.nn.Module]:
+        """The network to run a training forward and backward through.
+
+        Under DDP this is its wrapper; with `sync=False` gradients only accumulate locally
+        (`no_sync`), so a step's micro-batches all-reduce once, at their last backward.
+        """
+        wrapper = self.wrapped.get(name)
+        if wrapper is None:
+            yield self.networks[name].module
+        elif sync:
+            yield wrapper
+        else:
+            with wrapper.no_sync():
+                yield wrapper
 
     def configure_optimizers(self):
         built = [net.build() for net in self.networks.values()]
@@ -147,10 +165,12 @@ class DistillModule(L.LightningModule):
         targets, mask = batch["response_ids"], batch["response_mask"]
         total = mask.sum().clamp(min=1)
         ce = torch.zeros((), device=self.device)
-        for sl in micro_batches(ids.size(0), self.micro_batch_size):
-            logp = self.response_logprobs(self.generator, ids[sl], attn[sl], targets[sl])
-            loss = -masked_sum(logp, mask[sl]) / total
-            self.manual_backward(weight * loss)
+        chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+        for i, sl in enumerate(chunks):
+            with self.network("generator", sync=i == len(chunks) - 1) as generator:
+                logp = self.response_logprobs(generator, ids[sl], attn[sl], targets[sl])
+                loss = -masked_sum(logp, mask[sl]) / total
+                self.manual_backward(weight * loss)
             ce += loss.detach()
         return ce
 
@@ -170,8 +190,7 @@ class DistillModule(L.LightningModule):
         self.val_nll.update(-masked_sum(logp, mask) / tokens.clamp(min=1), weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/nll", self.val_nll.compute(), prog_bar=True)
-        self.val_nll.reset()
+        self.log("val/nll", self.val_nll, prog_bar=True)  # a torchmetrics object: reduced across ranks
 
     # ------------------------------------------------------------ checkpoint state and export
 

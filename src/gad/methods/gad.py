@@ -146,13 +146,16 @@ class GADModule(DistillModule):
         teacher_scores, student_scores, loss_total = [], [], torch.zeros((), device=self.device)
         with self.timed("d_step"), torch.set_grad_enabled(update):
             # Micro-batches hold whole prompt groups so each BT pair sits in one forward.
-            for p in micro_batches(prompts, max(1, self.micro_batch_size // (n + 1))):
+            chunks = list(micro_batches(prompts, max(1, self.micro_batch_size // (n + 1))))
+            for i, p in enumerate(chunks):
                 s = slice(p.start * n, p.stop * n)
-                t_score = self.discriminator(teacher_ids[p], teacher_mask[p], teacher_last[p])
-                s_score = self.discriminator(student_ids[s], student_mask[s], student_last[s]).view(-1, n)
-                loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / prompts
-                if update:
-                    self.manual_backward(loss)
+                with self.network("discriminator", sync=i == len(chunks) - 1) as discriminator:
+                    discriminator = discriminator if update else self.discriminator
+                    t_score = discriminator(teacher_ids[p], teacher_mask[p], teacher_last[p])
+                    s_score = discriminator(student_ids[s], student_mask[s], student_last[s]).view(-1, n)
+                    loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / prompts
+                    if update:
+                        self.manual_backward(loss)
                 loss_total += loss.detach()
                 teacher_scores.append(t_score.detach())
                 student_scores.append(s_score.detach())
@@ -172,18 +175,21 @@ class GADModule(DistillModule):
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
         with self.timed("g_step"):
-            for sl in micro_batches(ids.size(0), self.micro_batch_size):
-                logp, logits = self.response_logprobs(
-                    self.generator, ids[sl], attn[sl], targets[sl], self.temperature, with_logits=True
-                )
-                # One update per rollout batch: the "old" policy is the current one, detached.
-                pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
-                per_token = pg
-                if ref_logp is not None:
-                    kl = losses.k3_kl(logp, ref_logp[sl])
-                    per_token = pg + self.kl_coef * kl
-                    sums["kl"] += losses.masked_sum(kl.detach(), mask[sl])
-                self.manual_backward(losses.masked_sum(per_token, mask[sl]) / total)
+            chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+            for i, sl in enumerate(chunks):
+                # The last backward of the step all-reduces G's gradients (the CE term's, if any).
+                with self.network("generator", sync=i == len(chunks) - 1 and self.alpha == 0) as generator:
+                    logp, logits = self.response_logprobs(
+                        generator, ids[sl], attn[sl], targets[sl], self.temperature, with_logits=True
+                    )
+                    # One update per rollout batch: the "old" policy is the current one, detached.
+                    pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
+                    per_token = pg
+                    if ref_logp is not None:
+                        kl = losses.k3_kl(logp, ref_logp[sl])
+                        per_token = pg + self.kl_coef * kl
+                        sums["kl"] += losses.masked_sum(kl.detach(), mask[sl])
+                    self.manual_backward(losses.masked_sum(per_token, mask[sl]) / total)
                 sums["pg"] += losses.masked_sum(pg.detach(), mask[sl])
                 sums["clip"] += losses.masked_sum(clipped, mask[sl])
                 with torch.no_grad():

@@ -1,0 +1,51 @@
+"""DDP on two CPU processes through the real entry point, and Hydra sweeps that launch it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from conftest import FAST, run_entry
+
+QUICK = [o for o in FAST if not o.startswith("method.warmup_steps")]
+
+
+def test_ddp_ranks_end_with_identical_weights_but_sample_different_rollouts(tmp_path):
+    proc = run_entry("train.py", "trainer=ddp_cpu", "debug=ranks", f"paths.log_dir={tmp_path}",
+                     f"paths.cache_dir={tmp_path}/cache", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    assert len(ranks[0]["rollouts"]) == len(ranks[1]["rollouts"]) == 6
+    assert all(a != b for a, b in zip(ranks[0]["rollouts"], ranks[1]["rollouts"]))
+
+
+def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_entry(
+        "train.py", "-m", "trainer=ddp_cpu", "method.temperature=0.6,1.0", "method.alpha=0,0.1",
+        "method.warmup_steps=2,3", "method.adversarial_steps=1", f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}", *QUICK, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {str(i) for i in range(8)}
+    assert {p.name for p in sweep.iterdir()} == jobs | {"multirun.yaml", "sweep_summary.csv", "sweep_summary.png"}
+    for job in jobs:
+        assert (sweep / job / "metrics.csv").is_file() and (sweep / job / "student").is_dir()
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert len(rows) == 8 and all(r["status"] == "done" and float(r["val/nll"]) > 0 for r in rows)
+    grid = {(r["method.temperature"], r["method.alpha"], r["method.warmup_steps"]) for r in rows}
+    assert len(grid) == 8
+    assert not (tmp_path / "logs").exists()  # no rank re-ran the sweep into a folder of its own
+
+
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", f"hydra.sweep.dir={sweep}",
+                     f"paths.cache_dir={tmp_path}/cache", *FAST)
+    assert proc.returncode == 2
+    assert "error: method.temperature=0 is invalid" in proc.stderr and "Traceback" not in proc.stderr
+    rows = {r["method.temperature"]: r["status"] for r in csv.DictReader(open(sweep / "sweep_summary.csv"))}
+    assert rows == {"0": "failed or running", "0.8": "done"}
