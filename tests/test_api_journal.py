@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -101,11 +100,13 @@ def test_sigkill_at_any_moment_loses_nothing_and_writes_nothing_twice(tmp_path):
     repaired, ids = 0, []
     for round_ in range(6):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        start, _ = proc.stdout.readline().split()
-        assert int(start) == len(ids)  # resumes right after the last complete record
-        time.sleep(0.05 + 0.04 * round_)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            start, _ = proc.stdout.readline().split()
+            assert int(start) == len(ids)  # resumes right after the last complete record
+            time.sleep(0.05 + 0.04 * round_)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         with Journal(path) as j:  # what a resumed run sees
             repaired += j.repaired_bytes > 0
             ids = [json.loads(x)["id"] for x in lines(path)]

@@ -20,7 +20,7 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
 from gad.errors import GADError
-from gad.teacher.collect import EXIT_MISSING, collect
+from gad.teacher.collect import DEFAULT_REFUSAL_PATTERNS, EXIT_MISSING, RefusalDetector, collect
 
 SENTINEL = "sk-test-SENTINEL-7f3c9a1e5b"
 FAST = ["teacher.timeout_s=0.4", "teacher.max_retries=2", "teacher.backoff_initial_s=0.01", "teacher.backoff_max_s=0.05",
@@ -224,6 +224,31 @@ def test_keyless_local_server_needs_no_key(tmp_path, monkeypatch):
     assert {r["teacher"] for r in read(tmp_path / "o.jsonl")} == {"Qwen/Qwen2.5-72B-Instruct"}
 
 
+def test_httpx_backend_retries_the_same_faults(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a-429", "b-drop", "c-slow", "d-ok"])
+    with ChatServer(script={"a-429": ["429"], "b-drop": ["drop"], "c-slow": ["slow"]}, slow_s=1.0) as server:
+        assert run_collect(server, prompts, tmp_path / "o.jsonl", "teacher.http_backend=httpx") == 0
+        assert [len(server.requests_for(k)) for k in ("a-429", "b-drop", "c-slow", "d-ok")] == [2, 2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ("I'm sorry, but I can't help with that request.", True),
+        ("I\u2019m sorry, but I cannot assist with creating malware.", True),
+        ("Sorry, I can't do that.", True),
+        ("I can't help with that.", True),
+        ("**I cannot provide** that.", True),  # markdown emphasis is skipped
+        ("I can't help but notice the pattern here: ...", False),
+        ("I'm sorry to hear that! Here are a few things that might help: ...", False),
+        ("As an AI language model, I don't have opinions, but here are the arguments: ...", False),
+        ("Sure! Here is the answer. I'm sorry, but I can't stress enough...", False),  # only the start counts
+    ],
+)
+def test_refusal_patterns(text, refused):
+    assert RefusalDetector(list(DEFAULT_REFUSAL_PATTERNS))(text) is refused
+
+
 # ----------------------------------------------------------------------------- real entry script
 def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path):
     """The real script, killed with SIGKILL mid-run and re-run: one record per prompt, only the
@@ -235,15 +260,18 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path
             f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false", "fsync_interval_s=0"]
     env = {**os.environ, "OPENAI_API_KEY": SENTINEL, "HF_HUB_OFFLINE": "1"}
     with ChatServer(latency=0.05) as server:
-        proc = subprocess.Popen([*args, f"teacher.base_url={server.base_url}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.stat().st_size > 40 * 150:  # some records in: kill it mid-run
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "the collector finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc = subprocess.Popen([*args, f"teacher.base_url={server.base_url}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and out.stat().st_size > 40 * 150:  # some records in: kill it mid-run
+                    break
+                time.sleep(0.002)
+            assert proc.poll() is None, "the collector finished before it could be killed"
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         raw = out.read_bytes()
         complete = raw[: raw.rfind(b"\n") + 1].count(b"\n")
         assert 0 < complete < 400

@@ -57,9 +57,9 @@ EXIT_MISSING = 3
 DEFAULT_REFUSAL_PATTERNS = (
     r"^(?:I'm|I am) sorry,? (?:but )?(?:I|we) (?:can(?:not|'t)|won't|am unable|'m unable|am not able|'m not able)",
     r"^(?:Sorry|I apologi[sz]e),? (?:but )?I (?:can(?:not|'t)|won't|am unable|'m unable)",
-    r"^I (?:can(?:not|'t)|won't|will not) (?:help|assist|comply|provide|do that|fulfil|fulfill|support|create|write|engage)",
+    r"^I (?:can(?:not|'t)|won't|will not) (?:help(?! but)|assist|comply|provide|do that|fulfil|fulfill|support|create|write|engage)",
     r"^(?:I'm|I am) (?:unable|not able) to (?:help|assist|comply|provide|fulfil|fulfill)",
-    r"^As an AI(?: language model)?, I (?:can(?:not|'t)|am unable|don't|do not|won't)",
+    r"^As an AI(?: language model)?, I (?:can(?:not|'t)|am unable|won't) (?:help|assist|comply|provide|fulfil|fulfill|create|write|engage)",
 )
 
 
