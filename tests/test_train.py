@@ -97,3 +97,29 @@ def test_seqkd_runs_on_the_toy_world(tmp_path):
     rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/step")]
     assert len(rows) == 3 and all(float(r["train/sft_loss"]) > 0 for r in rows)
     assert (run / "student" / "config.json").is_file()
+
+
+def _same(a, b, prefix):
+    return all(torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
+
+
+def test_off_policy_ablation_freezes_g_then_d(tmp_path):
+    # 2 warm-up steps, then D alone on the frozen student for 2, then G alone against the frozen D for 2
+    run = train(tmp_path, "method.off_policy=true", "method.off_policy_d_steps=2", "method.warmup_steps=2",
+                "method.adversarial_steps=2", "callbacks.step_checkpoint.every_n_steps=1")
+    ckpt = {k: state(run / "checkpoints" / f"step_{k:06d}.ckpt") for k in (2, 4, 6)}
+    assert _same(ckpt[2], ckpt[4], "generator.") and not _same(ckpt[2], ckpt[4], "discriminator.")
+    assert _same(ckpt[4], ckpt[6], "discriminator.") and not _same(ckpt[4], ckpt[6], "generator.")
+    phases = [float(r["train/phase"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/step")]
+    assert phases == [0, 0, 0.5, 0.5, 1, 1]
+
+
+def test_warmup_ablations_leave_their_network_idle(tmp_path):
+    run = train(tmp_path, "method.generator_warmup=false", "method.discriminator_warmup=false",
+                "callbacks.step_checkpoint.every_n_steps=3")
+    cfg = run_config(run)
+    L.seed_everything(cfg.seed, verbose=False)
+    initial = build_module(cfg).state_dict()
+    warmup_end = state(run / "checkpoints" / "step_000003.ckpt")
+    assert _same(initial, warmup_end, "generator.") and _same(initial, warmup_end, "discriminator.")
+    assert not _same(warmup_end, state(run / "checkpoints" / "last.ckpt"), "generator.")

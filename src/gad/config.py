@@ -37,6 +37,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method.warmup_steps": (_non_negative, "must be >= 0"),
     "method.d_only_steps": (_non_negative, "must be >= 0"),
     "method.adversarial_steps": (_non_negative, "must be >= 0"),
+    "method.off_policy_d_steps": (_non_negative, "must be >= 0"),
     "method.steps": (_at_least(1), "must be >= 1"),
     "method.kl_coef": (_non_negative, "must be >= 0"),
     "method.clip_ratio": (_positive, "must be > 0"),

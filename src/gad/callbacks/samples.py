@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning as L
 
+from gad.methods.gad import phase_name
+
 
 class RolloutSamples(L.Callback):
     """Appends up to `max_prompts` prompts of the step's rollout to `<dirpath>/rollouts.jsonl`.
@@ -38,7 +40,7 @@ class RolloutSamples(L.Callback):
                     samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
                                     "length": len(tokens)})
                 record = {
-                    "step": step, "phase": "adversarial" if outputs.get("train/phase", 0.0) >= 1 else "warmup",
+                    "step": step, "phase": phase_name(outputs.get("train/phase", 0.0)),
                     "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
                     "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
                     "teacher_length": len(teacher), "samples": samples,

@@ -10,6 +10,8 @@ import lightning as L
 from rich.console import Console
 from rich.table import Table
 
+from gad.methods.gad import phase_name
+
 COLUMNS = {  # metric -> column title
     "train/d_acc": "D acc",
     "train/score_gap": "score gap (t - s)",
@@ -38,7 +40,7 @@ class RunSummary(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if outputs:
-            phase = "adversarial" if outputs.get("train/phase", 0.0) >= 1 else "warm-up"
+            phase = phase_name(outputs.get("train/phase", 0.0))
             self.history[phase].append({k: v for k, v in outputs.items() if k in COLUMNS})
 
     def phase_means(self) -> dict[str, dict[str, float]]:

@@ -24,6 +24,14 @@ from gad.models import Discriminator, frozen_copy
 from gad.rollout import Rollout, generation_config, sample
 
 
+PHASES = {0.0: "warmup", 0.5: "d_on_frozen_g", 1.0: "adversarial"}
+
+
+def phase_name(code: float) -> str:
+    """The name of a logged `train/phase` code."""
+    return PHASES[min(PHASES, key=lambda c: abs(c - code))]
+
+
 @dataclass
 class Scores:
     """Discriminator outputs before its update: teacher [B], student [B, N]."""
@@ -51,6 +59,8 @@ class GADModule(DistillModule):
         d_loss: str = "bt",
         generator_warmup: bool = True,
         discriminator_warmup: bool = True,
+        off_policy: bool = False,
+        off_policy_d_steps: int = 0,
         micro_batch_size: int = 8,
         rollout_batch_size: int = 64,
         generator_optimizer,
@@ -71,6 +81,7 @@ class GADModule(DistillModule):
         self.alpha, self.kl_coef, self.clip_ratio = alpha, kl_coef, clip_ratio
         self.d_loss = losses.DISCRIMINATOR_LOSSES[d_loss]
         self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
+        self.off_policy, self.off_policy_d_steps = off_policy, off_policy_d_steps if off_policy else 0
         self.rollout_batch_size = rollout_batch_size
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
@@ -87,31 +98,40 @@ class GADModule(DistillModule):
 
     @property
     def total_steps(self) -> int:
-        return self.warmup_steps + self.adversarial_steps
+        return self.warmup_steps + self.off_policy_d_steps + self.adversarial_steps
 
-    @property
-    def adversarial(self) -> bool:
-        return self.completed_steps >= self.warmup_steps
+    def schedule(self) -> tuple[float, bool, bool]:
+        """(phase, train D?, train G?) for the current step.
+
+        phase 0 = warm-up, 1 = adversarial; 0.5 = the off-policy ablation's stretch where D
+        trains alone on the frozen warmed-up student (after which D is frozen and G trains).
+        """
+        step = self.completed_steps
+        if step < self.warmup_steps:
+            return 0.0, self.discriminator_warmup, self.generator_warmup and step >= self.d_only_steps
+        if step < self.warmup_steps + self.off_policy_d_steps:
+            return 0.5, True, False
+        return 1.0, not self.off_policy, True
 
     # ------------------------------------------------------------ the step
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
-        if self.adversarial:
+        phase, train_d, train_g = self.schedule()
+        if phase > 0:
             self.start_adversarial_phase()
-        train_d = self.adversarial or self.discriminator_warmup
-        train_g = self.adversarial or (self.generator_warmup and self.completed_steps >= self.d_only_steps)
 
         rollout = self.rollout(batch)
         scores, d_metrics = self.discriminator_step(batch, rollout, update=train_d)
         if not train_g:
             g_metrics = {}
-        elif self.adversarial:
+        elif phase == 1:
             g_metrics = self.policy_step(batch, rollout, rewards=scores.student)
         else:
             g_metrics = self.sft_step(batch)
 
         self.last_rollout = (batch, rollout, scores)
-        return self.end_step({**self.rollout_metrics(batch, rollout, scores), **d_metrics, **g_metrics})
+        metrics = {"train/phase": phase, **self.rollout_metrics(batch, rollout, scores), **d_metrics, **g_metrics}
+        return self.end_step(metrics)
 
     def start_adversarial_phase(self) -> None:
         """Snapshot the warmed-up student as the frozen KL reference (once)."""
@@ -214,7 +234,6 @@ class GADModule(DistillModule):
     def rollout_metrics(self, batch: dict[str, Any], rollout: Rollout, scores: Scores) -> dict[str, Any]:
         rewards = scores.student
         return {
-            "train/phase": float(self.adversarial),
             "train/teacher_score": scores.teacher.mean(),
             "train/student_score": rewards.mean(),
             "train/score_gap": scores.teacher.mean() - rewards.mean(),
