@@ -45,6 +45,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method.micro_batch_size": (_at_least(1), "must be >= 1"),
     "method.rollout_batch_size": (_at_least(1), "must be >= 1"),
     "method.generator_optimizer.lr": (_positive, "must be > 0"),
+    "method.warmup_lr": (_positive, "must be > 0 (or null: the same as generator_optimizer.lr)"),
     "method.discriminator_optimizer.lr": (_positive, "must be > 0"),
     "data.batch_size": (_at_least(1), "must be >= 1"),
     "data.val_size": (_non_negative, "must be >= 0"),

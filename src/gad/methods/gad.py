@@ -12,6 +12,7 @@ One training step, in order:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ class GADModule(DistillModule):
         discriminator_warmup: bool = True,
         off_policy: bool = False,
         off_policy_d_steps: int = 0,
+        warmup_lr: float | None = None,
         micro_batch_size: int = 8,
         rollout_batch_size: int = 64,
         generator_optimizer,
@@ -72,6 +74,11 @@ class GADModule(DistillModule):
         seed: int = 0,
         profile: bool = False,
     ):
+        if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
+            warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
+            generator_scheduler = functools.partial(
+                generator_scheduler, first_steps=warmup_updates, first_scale=warmup_lr / generator_optimizer.keywords["lr"]
+            )
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
