@@ -69,6 +69,7 @@ class ClientSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     http_backend: str = "aiohttp"  # aiohttp (half the CPU per request) or httpx (the SDK's default)
+    config_prefix: str = ""  # where these settings live in the config ("teacher"), for messages
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], prefix: str = "teacher") -> ClientSettings:
@@ -98,7 +99,7 @@ class ClientSettings:
         backend = str(get("http_backend", "aiohttp"))
         if backend not in ("aiohttp", "httpx"):
             raise GADError(f"{prefix}.http_backend must be aiohttp or httpx, got {backend!r}")
-        settings = dataclasses.replace(settings, http_backend=backend)
+        settings = dataclasses.replace(settings, http_backend=backend, config_prefix=prefix)
         if settings.backoff_max_s < settings.backoff_initial_s:
             raise GADError(f"{prefix}.backoff_max_s must be >= {prefix}.backoff_initial_s")
         return settings
@@ -122,9 +123,10 @@ def api_key_from_env(settings: ClientSettings) -> str:
     if key:
         return key
     if settings.require_api_key:
+        at = f"{settings.config_prefix}." if settings.config_prefix else ""
         raise GADError(
-            f"environment variable {settings.api_key_env} is not set (it must hold the API key; "
-            f"change the variable with api_key_env=..., or set require_api_key=false for a keyless local server)"
+            f"environment variable {settings.api_key_env} is not set: it must hold the API key "
+            f"({at}api_key_env names the variable; {at}require_api_key=false for a keyless local server)"
         )
     return PLACEHOLDER_KEY
 

@@ -103,33 +103,33 @@ class Journal:
         return self
 
     def _recover(self) -> None:
-        """Read every complete line, truncate a torn tail, build `keys` and `index`."""
+        """Read every complete line (streaming), truncate a torn tail, build `keys` and `index`."""
         assert self._fd is not None
+        good_end = 0  # offset just past the last line known to be good
+        offset = 0
+        bad: tuple[int, str] | None = None  # (line number, why) of an invalid complete line
         with open(self.path, "rb") as fh:
-            data = fh.read()
-        good_end = 0
-        lines = data.split(b"\n")
-        complete = lines[:-1]  # the piece after the last newline is incomplete (b"" if none)
-        for number, raw in enumerate(complete, start=1):
-            end = good_end + len(raw) + 1
-            if not raw.strip():
-                good_end = end
-                continue
-            try:
-                record = json.loads(raw)
-                if not isinstance(record, dict) or not isinstance(record.get(self.key), str):
-                    raise ValueError(f"not an object with a string '{self.key}'")
-            except (ValueError, UnicodeDecodeError) as err:
-                if number == len(complete) and not lines[-1]:
-                    break  # the last line is damaged: a torn write, repaired below
-                raise GADError(
-                    f"{self.path} line {number}: corrupt record ({str(err)[:80]}); "
-                    "only the last line can be torn by a crash, so this file was edited or damaged"
-                ) from None
-            self._note(record)
-            good_end = end
-        if good_end < len(data):
-            self.repaired_bytes = len(data) - good_end
+            for number, raw in enumerate(fh, start=1):
+                offset += len(raw)
+                if not raw.endswith(b"\n"):
+                    break  # the tail after the last newline: a torn write, repaired below
+                if bad is not None:  # an invalid line that is not the last one: not a torn write
+                    raise GADError(
+                        f"{self.path} line {bad[0]}: corrupt record ({bad[1]}); "
+                        "only the last line can be torn by a crash, so this file was edited or damaged"
+                    )
+                if raw.strip():
+                    try:
+                        record = json.loads(raw)
+                        if not isinstance(record, dict) or not isinstance(record.get(self.key), str):
+                            raise ValueError(f"not an object with a string '{self.key}'")
+                    except (ValueError, UnicodeDecodeError) as err:
+                        bad = (number, str(err)[:80])
+                        continue
+                    self._note(record)
+                good_end = offset
+        if good_end < offset:
+            self.repaired_bytes = offset - good_end
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
 
