@@ -73,6 +73,7 @@ def test_invalid_values_name_the_key(override, key):
     ("method.temperature=0", "method.temperature=0 is invalid"),
     ("method.temprature=1", "method.temprature"),
     ("experiment=no_such_experiment", "experiment/no_such_experiment"),
+    ("data=dump", "data.path: required"),
 ])
 def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragment):
     assert_one_line_error(run_entry("train.py", override, f"paths.log_dir={tmp_path}"), fragment)

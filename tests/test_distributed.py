@@ -7,7 +7,7 @@ import json
 
 from conftest import FAST, run_entry
 
-QUICK = [o for o in FAST if not o.startswith("method.warmup_steps")]
+QUICK = [o for o in FAST if not o.startswith(("method.warmup_steps", "method.adversarial_steps"))]
 
 
 def test_ddp_ranks_end_with_identical_weights_but_sample_different_rollouts(tmp_path):

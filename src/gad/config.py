@@ -112,5 +112,8 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     except Exception as err:
         raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise GADError(f"{missing[0]}: required, but not set (add {missing[0]}=... to the command line)")
     check_known_keys(cfg)
     check_values(cfg)
