@@ -1,0 +1,12 @@
+"""Evaluation of students (`python src/eval.py`, docs/eval.md).
+
+- `models`: model specs (run, checkpoint, init:<run>, model folder, hub id) and their fingerprints
+- `sets`: named prompt sets in the canonical format
+- `generate`: cached greedy generations and teacher-forced NLL per prompt
+- `metrics`: ROUGE-L, n-gram F1, lengths, perplexity, toy exact match
+- `judge`: the LLM judge (reference answers, pairwise verdicts in both orders) on `gad.api`
+- `length_control`: judge scores at comparable lengths
+- `report`: per-prompt JSONL, summary.csv/json, the printed table, the score-vs-length plot
+- `select`: checkpoint selection on a validation split
+- `evaluate`: the pipeline
+"""

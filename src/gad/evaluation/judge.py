@@ -1,0 +1,358 @@
+"""The LLM judge: its own reference answer per prompt, then pairwise 1-10 ratings (MiniLLM prompt).
+
+Protocol (docs/eval.md): for each prompt the judge first answers the prompt itself (the
+reference). Then it rates the student's answer and the reference with the MiniLLM/Vicuna
+pairwise prompt; the first line of its reply must hold the two scores. With `both_orders`
+each pair is rated twice, student as Assistant 1 and as Assistant 2, and the two ratings of
+each side are averaged (position bias cancels). A verdict whose first line is not two numbers
+in [0, 10] is re-requested up to `parse_retries` times, then counted as unparseable; a prompt
+is scored only when every order it needs has a parsed verdict.
+
+Every request goes through `gad.api` (one long-lived client, the openai client's retry layer,
+bounded concurrency, journals under `<cache_dir>/judge/`): cached answers and verdicts are never
+requested again, an interrupted run resumes, and the API key (read from the environment variable
+`judge.api_key_env` names) is never written anywhere.
+Cache keys: reference (judge model, reference params, sha of the prompt messages); verdict (judge
+model, verdict params, prompt sha, order, sha of the two answers in the order shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gad.errors import GADError
+
+JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+JUDGE_INSTRUCTION = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the user question "
+    "displayed above.\nPlease rate the helpfulness, relevance, accuracy, level of details of their responses. Each "
+    "assistant receives an overall score on a scale of 1 to 10, where a higher score indicates better overall "
+    "performance.\nPlease first output a single line containing only two values indicating the scores for Assistant 1 "
+    "and 2, respectively. The two scores are separated by a space. In the subsequent line, please provide a "
+    "comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the order in which "
+    "the responses were presented does not affect your judgment."
+)
+PAIR_TEMPLATE = (
+    "[Question]\n{question}\n\n"
+    "[The Start of Assistant 1's Answer]\n{answer_1}\n\n[The End of Assistant 1's Answer]\n\n"
+    "[The Start of Assistant 2's Answer]\n{answer_2}\n\n[The End of Assistant 2's Answer]\n\n"
+    "[System]\n{prompt}\n\n"
+)
+TEMPLATE_VERSION = "minillm-pairwise-v1"
+STUDENT_FIRST, STUDENT_SECOND = "sr", "rs"  # order of a verdict: who is Assistant 1
+_VERDICT_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*$")
+
+
+def sha(obj: Any) -> str:
+    from gad.evaluation.generate import sha as _sha
+
+    return _sha(obj)
+
+
+def question_text(messages: list[dict]) -> str:
+    """The [Question] shown to the judge: the user turn, or the whole conversation with role labels."""
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1 and len(messages) == 1:
+        return turns[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def verdict_messages(question: str, answer_1: str, answer_2: str) -> list[dict[str, str]]:
+    user = PAIR_TEMPLATE.format(question=question, answer_1=answer_1, answer_2=answer_2, prompt=JUDGE_INSTRUCTION)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_verdict(text: str | None) -> tuple[float, float] | None:
+    """The two scores on the first non-empty line, or None.
+
+    That line must hold two numbers in [0, 10] and nothing else (markdown emphasis and a comma
+    between them are tolerated): "8 7", "**8, 7**". "Assistant 1: 8" is not a verdict line.
+    """
+    if not text:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    match = _VERDICT_LINE.match(line.replace("*", "").replace("#", ""))
+    if match is None:
+        return None
+    a, b = float(match[1]), float(match[2])
+    if not (0 <= a <= 10 and 0 <= b <= 10):
+        return None
+    return a, b
+
+
+def student_reference(order: str, scores: tuple[float, float]) -> tuple[float, float]:
+    """(student score, reference score) from a verdict's (Assistant 1, Assistant 2) scores."""
+    return (scores[0], scores[1]) if order == STUDENT_FIRST else (scores[1], scores[0])
+
+
+# -------------------------------------------------------------------------------------- settings
+@dataclass
+class JudgeConfig:
+    model: str
+    concurrency: int = 16
+    temperature: float | None = 0.0
+    max_tokens_field: str = "max_tokens"
+    reference_max_tokens: int | None = 2048
+    reference_system_prompt: str | None = None
+    verdict_max_tokens: int | None = 512
+    both_orders: bool = True
+    parse_retries: int = 2
+    retry_rejected: bool = False
+    abort_after_failures: int = 50
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> JudgeConfig:
+        get = cfg.get
+        if not get("model"):
+            raise GADError("judge.model must name the judge model (e.g. gpt-4o)")
+        field_name = str(get("max_tokens_field", "max_tokens"))
+        if field_name not in ("max_tokens", "max_completion_tokens"):
+            raise GADError("judge.max_tokens_field must be max_tokens or max_completion_tokens")
+        concurrency = get("concurrency", 16)
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise GADError(f"judge.concurrency must be an integer >= 1, got {concurrency!r}")
+        retries = get("parse_retries", 2)
+        if not isinstance(retries, int) or retries < 0:
+            raise GADError(f"judge.parse_retries must be an integer >= 0, got {retries!r}")
+        reference = get("reference") or {}
+        verdict = get("verdict") or {}
+        return cls(
+            model=str(get("model")), concurrency=concurrency, temperature=get("temperature", 0.0),
+            max_tokens_field=field_name, reference_max_tokens=reference.get("max_tokens", 2048),
+            reference_system_prompt=reference.get("system_prompt"), verdict_max_tokens=verdict.get("max_tokens", 512),
+            both_orders=bool(get("both_orders", True)), parse_retries=retries,
+            retry_rejected=bool(get("retry_rejected", False)), abort_after_failures=int(get("abort_after_failures", 50)),
+            extra_body=dict(get("extra_body") or {}), price_in_per_mtok=get("price_in_per_mtok"),
+            price_out_per_mtok=get("price_out_per_mtok"),
+        )
+
+    def params(self, max_tokens: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature, self.max_tokens_field: max_tokens}
+        if self.extra_body:
+            out["extra_body"] = dict(self.extra_body)
+        return out
+
+    @property
+    def orders(self) -> tuple[str, ...]:
+        return (STUDENT_FIRST, STUDENT_SECOND) if self.both_orders else (STUDENT_FIRST,)
+
+    def reference_fp(self) -> str:
+        return sha([self.model, self.params(self.reference_max_tokens), self.reference_system_prompt])[:16]
+
+    def verdict_fp(self) -> str:
+        return sha([self.model, self.params(self.verdict_max_tokens), TEMPLATE_VERSION, JUDGE_SYSTEM, JUDGE_INSTRUCTION])[:16]
+
+    def reference_key(self, prompt: str) -> str:
+        return "ref:" + sha([self.reference_fp(), prompt])[:40]
+
+    def verdict_key(self, prompt: str, order: str, answer_1: str, answer_2: str) -> str:
+        return "vrd:" + sha([self.verdict_fp(), prompt, order, sha(answer_1), sha(answer_2)])[:40]
+
+
+# ------------------------------------------------------------------------------------------ work
+@dataclass
+class PairRequest:
+    """One (prompt, student answer) to judge; the reference comes from the judge's own answers."""
+
+    prompt: str  # prompt sha
+    messages: list[dict]
+    answer: str
+
+
+@dataclass
+class JudgeStats:
+    references_cached: int = 0
+    references_sent: int = 0
+    verdicts_cached: int = 0
+    verdicts_sent: int = 0
+    requests: int = 0  # chat-completion calls made by this process (parse retries included)
+    http_retries: int = 0  # retries inside the client (429, 5xx, timeouts)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    failed: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"references_cached": self.references_cached, "references_sent": self.references_sent,
+                "verdicts_cached": self.verdicts_cached, "verdicts_sent": self.verdicts_sent,
+                "requests": self.requests, "http_retries": self.http_retries, "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out, "failed": dict(self.failed), "rejected": dict(self.rejected),
+                "elapsed_s": round(self.elapsed_s, 2)}
+
+
+@dataclass
+class JudgeResults:
+    references: dict[str, str]  # prompt sha -> the judge's answer
+    verdicts: dict[str, tuple[float, float]]  # verdict key -> (Assistant 1, Assistant 2) scores
+    unparseable: set[str]  # verdict keys given up on
+    stats: JudgeStats
+
+
+class Judge:
+    """Runs references and verdicts through the shared API layer, with the journals as cache."""
+
+    def __init__(self, cfg: Mapping[str, Any], cache_dir: str | Path, *, progress: bool = True, console=None):
+        from gad.api import ClientSettings, api_key_from_env, protect_logs
+
+        self.cfg = JudgeConfig.from_config(cfg)
+        self.settings = ClientSettings.from_config(cfg, prefix="judge")
+        self.key = api_key_from_env(self.settings)  # read now, so a missing key fails before any model loads
+        protect_logs([self.key])
+        self.dir = Path(cache_dir) / "judge"
+        self.progress = progress
+        self.console = console
+
+    # ---------------------------------------------------------------------------- public
+    def run(self, pairs: list[PairRequest], messages_by_prompt: dict[str, list[dict]]) -> JudgeResults:
+        from gad.api import Journal
+
+        stats = JudgeStats()
+        journals = [Journal(self.dir / f"{name}.jsonl", index_fields=("status",)) for name in
+                    ("references", "references.failures", "verdicts", "verdicts.failures")]
+        for j in journals:
+            j.open()
+        try:
+            refs, ref_fail, vrd, vrd_fail = journals
+            stats_holder: list[Any] = []
+            asyncio.run(self._run(pairs, messages_by_prompt, refs, ref_fail, vrd, vrd_fail, stats, stats_holder))
+            references = self._texts(refs, {self.cfg.reference_key(p): p for p in messages_by_prompt})
+            verdicts = {r["id"]: (float(r["s1"]), float(r["s2"])) for r in vrd.records()}
+            unparseable = {r["id"] for r in vrd_fail.records()
+                           if r.get("reason") == "unparseable" and r["id"] not in verdicts}
+        finally:
+            for j in journals:
+                j.close()
+        return JudgeResults(references, verdicts, unparseable, stats)
+
+    def verdict_plan(self, pair: PairRequest, reference: str) -> list[tuple[str, str, str, str]]:
+        """[(order, key, answer_1, answer_2)] for one pair."""
+        out = []
+        for order in self.cfg.orders:
+            a1, a2 = (pair.answer, reference) if order == STUDENT_FIRST else (reference, pair.answer)
+            out.append((order, self.cfg.verdict_key(pair.prompt, order, a1, a2), a1, a2))
+        return out
+
+    # --------------------------------------------------------------------------- private
+    @staticmethod
+    def _texts(journal, wanted: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for r in journal.records():
+            if r["id"] in wanted and isinstance(r.get("text"), str):
+                out[wanted[r["id"]]] = r["text"]
+        return out
+
+    async def _run(self, pairs, messages_by_prompt, refs, ref_fail, vrd, vrd_fail, stats: JudgeStats, holder) -> None:
+        import time
+
+        from gad.api import make_client, pending_items, run_journaled
+
+        start = time.monotonic()
+        cfg = self.cfg
+        ref_items = [{"id": cfg.reference_key(p), "prompt": p} for p in messages_by_prompt]
+        ref_todo = pending_items(ref_items, refs, ref_fail, retry_rejected=cfg.retry_rejected)
+        stats.references_cached = sum(1 for i in ref_items if i["id"] in refs.keys)
+        client = None
+        try:
+            if ref_todo:
+                client = make_client(self.settings, self.key, concurrency=cfg.concurrency)
+                run = await run_journaled(
+                    ref_todo, lambda item: self._reference(client, item, messages_by_prompt[item["prompt"]], stats),
+                    output=refs, failures=ref_fail, concurrency=cfg.concurrency, retry_counts=client.retry_counts,
+                    abort_after_failures=cfg.abort_after_failures, progress=self.progress, description="judge: references",
+                )
+                stats.references_sent = run.done
+                stats.failed.update({f"reference {k}": v for k, v in run.failed.items()})
+                stats.rejected.update({f"reference {k}": v for k, v in run.rejected.items()})
+            references = self._texts(refs, {i["id"]: i["prompt"] for i in ref_items})
+
+            items, seen = [], set()
+            for pair in pairs:
+                reference = references.get(pair.prompt)
+                if reference is None:
+                    continue
+                for order, key, a1, a2 in self.verdict_plan(pair, reference):
+                    if key not in seen:
+                        seen.add(key)
+                        items.append({"id": key, "prompt": pair.prompt, "order": order, "a1": a1, "a2": a2})
+            todo = pending_items(items, vrd, vrd_fail, retry_rejected=cfg.retry_rejected)
+            stats.verdicts_cached = sum(1 for i in items if i["id"] in vrd.keys)
+            if todo:
+                if client is None:
+                    client = make_client(self.settings, self.key, concurrency=cfg.concurrency)
+                run = await run_journaled(
+                    todo, lambda item: self._verdict(client, item, messages_by_prompt[item["prompt"]], stats),
+                    output=vrd, failures=vrd_fail, concurrency=cfg.concurrency, retry_counts=client.retry_counts,
+                    abort_after_failures=cfg.abort_after_failures, progress=self.progress, description="judge: verdicts",
+                )
+                stats.verdicts_sent = run.done
+                stats.failed.update({f"verdict {k}": v for k, v in run.failed.items()})
+                stats.rejected.update({f"verdict {k}": v for k, v in run.rejected.items()})
+        finally:
+            if client is not None:
+                stats.http_retries = sum(client.retry_counts.values())
+                await client.close()
+            stats.elapsed_s = time.monotonic() - start
+
+    async def _call(self, client, messages: list[dict], max_tokens: int | None, stats: JudgeStats):
+        """One chat completion; returns (reply, None) or (None, ErrorInfo) for a non-fatal error."""
+        from gad.api import FatalRunError, chat_completion, classify_error
+
+        stats.requests += 1
+        try:
+            reply = await chat_completion(client, model=self.cfg.model, messages=messages, params=self.cfg.params(max_tokens))
+        except Exception as exc:  # classified below; anything unknown is re-raised by classify_error
+            info = classify_error(exc, secrets=[self.key], where=str(self.settings.base_url or "the OpenAI API"))
+            if info.fatal:
+                raise FatalRunError(f"judge: {info.message}") from None
+            return None, info
+        stats.tokens_in += reply.prompt_tokens
+        stats.tokens_out += reply.completion_tokens
+        return reply, None
+
+    async def _reference(self, client, item: dict, messages: list[dict], stats: JudgeStats):
+        from gad.api import FAILED, OK, REJECTED, Outcome
+
+        prompt = list(messages)
+        if self.cfg.reference_system_prompt:
+            prompt = [{"role": "system", "content": self.cfg.reference_system_prompt}] + prompt
+        reply, error = await self._call(client, prompt, self.cfg.reference_max_tokens, stats)
+        if error is not None:
+            status = FAILED if error.scope == "transient" else REJECTED
+            return Outcome(status, {"id": item["id"], "detail": error.message}, kind=error.kind)
+        if reply.finish_reason == "content_filter" or (reply.refusal and not reply.text):
+            return Outcome(REJECTED, {"id": item["id"], "detail": "judge refused or filtered"}, kind="refusal")
+        if not reply.text or not reply.text.strip():
+            return Outcome(FAILED, {"id": item["id"], "detail": "empty reply"}, kind="empty")
+        record = {"id": item["id"], "text": reply.text, "model": reply.model, "finish_reason": reply.finish_reason}
+        return Outcome(OK, record, tokens_in=reply.prompt_tokens, tokens_out=reply.completion_tokens, retries=reply.retries)
+
+    async def _verdict(self, client, item: dict, messages: list[dict], stats: JudgeStats):
+        from gad.api import FAILED, OK, REJECTED, Outcome
+
+        request = verdict_messages(question_text(messages), item["a1"], item["a2"])
+        raw = None
+        tokens_in = tokens_out = 0
+        for _ in range(1 + self.cfg.parse_retries):
+            reply, error = await self._call(client, request, self.cfg.verdict_max_tokens, stats)
+            if error is not None:
+                status = FAILED if error.scope == "transient" else REJECTED
+                return Outcome(status, {"id": item["id"], "detail": error.message}, kind=error.kind)
+            tokens_in += reply.prompt_tokens
+            tokens_out += reply.completion_tokens
+            raw = reply.text
+            scores = parse_verdict(raw)
+            if scores is not None:
+                record = {"id": item["id"], "order": item["order"], "s1": scores[0], "s2": scores[1], "text": raw}
+                return Outcome(OK, record, tokens_in=tokens_in, tokens_out=tokens_out, retries=reply.retries)
+        record = {"id": item["id"], "order": item["order"], "raw": (raw or "")[:500]}
+        return Outcome(REJECTED, record, kind="unparseable", tokens_in=tokens_in, tokens_out=tokens_out)
