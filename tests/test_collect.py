@@ -133,7 +133,7 @@ def test_every_fault_is_retried_or_recorded_and_a_rerun_sends_only_what_is_missi
     assert grep_tree(tmp_path, SENTINEL) == [] and SENTINEL not in printed.out + printed.err  # ...and never written
 
 
-def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tmp_path):
+def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tmp_path, capsys):
     from gad.data.records import read_records
 
     prompts = write_prompts(tmp_path / "prompts.jsonl", [f"p-{i}" for i in range(10)])
@@ -141,6 +141,10 @@ def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tm
     with ChatServer() as server:
         assert run_collect(server, prompts, out, "teacher.system_prompt=Be brief.", "teacher.temperature=0.3", "teacher.max_tokens=64") == 0
         sent = server.requests[0]
+        capsys.readouterr()
+        assert run_collect(server, prompts, out, "teacher.model=another-teacher") == 0  # same output, other teacher
+        assert len(server.requests) == 10  # nothing re-sent...
+        assert "already holds answers from another teacher (gpt-5-chat-latest: 10)" in " ".join(capsys.readouterr().out.split())
     records, report = read_records(out)
     assert report.kept == 10 and all(r["messages"][0]["role"] == "user" for r in records)  # system prompt not stored
     assert all(r["meta"]["usage"]["completion_tokens"] > 0 for r in records)

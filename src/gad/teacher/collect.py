@@ -336,13 +336,19 @@ def collect(cfg: Any) -> int:
         prompts = prompts[: plan.limit]
     ids = {p["id"] for p in prompts}
 
-    with Journal(plan.output, fsync_interval_s=plan.fsync_interval_s) as out, Journal(
+    with Journal(plan.output, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out, Journal(
         plan.failures, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")
     ) as side:
         for j in (out, side):
             if j.repaired_bytes:
                 log.warning("%s: repaired a torn last line (%d bytes dropped; that prompt is sent again)", j.path, j.repaired_bytes)
                 console.print(f"[yellow]repaired a torn last line in {j.path} ({j.repaired_bytes} bytes); that prompt is sent again")
+        others = Counter(v["teacher"] for k, v in out.index.items() if k in ids and v.get("teacher") != plan.teacher.model)
+        if others:
+            console.print(
+                f"[yellow]{plan.output} already holds answers from another teacher ({', '.join(f'{t}: {n:,}' for t, n in others.items())}); "
+                "they are kept and not sent again: use a new output file for a new teacher"
+            )
         todo = pending_items(prompts, out, side, retry_rejected=plan.retry_rejected)
         resumed = len(prompts) - len(todo)
         console.print(
