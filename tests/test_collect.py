@@ -197,6 +197,8 @@ def test_rejected_key_stops_the_run_and_never_shows_the_key(tmp_path, capsys):
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
+        (["prompts=???"], "prompts must name the prompts file"),
+        (["output=???"], "output must name the output file"),
         (["teacher.concurrency=0"], "teacher.concurrency must be an integer >= 1"),
         (["teacher.temperature=-0.5"], "teacher.temperature must be >= 0"),
         (["teacher.top_p=0"], "teacher.top_p must be > 0"),

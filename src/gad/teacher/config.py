@@ -21,6 +21,9 @@ def plain(cfg: Any) -> dict[str, Any]:
     for key in cfg.keys():
         if key in ("paths", "hydra"):
             continue
+        if OmegaConf.is_missing(cfg, key):
+            out[str(key)] = "???"  # a mandatory value not given: the tool names it in its own message
+            continue
         value = cfg[key]
         out[str(key)] = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
     return out
