@@ -8,7 +8,7 @@ Sources (`source.kind`; `source.path` is a hub id or a local file/folder in the 
   lmsys        lmsys/lmsys-chat-1m (gated): conversation_id, model, conversation [{content, role}],
                turn, language, openai_moderation [{categories, category_scores, flagged}], redacted
   lmsys_clean  OpenLeecher/lmsys_chat_1m_clean (English only): id, conversations
-               [{from: human|gpt|system, value}], category, flaw, ... (ShareGPT style)
+               [{from: human|gpt|system, value}], category, flaw, optional system (ShareGPT style)
   gad_release  ytz20/LMSYS-Chat-GPT-5-Chat-Response: content [{role, content}], teacher_response;
                splits train and test. Imported with its responses, its own test split kept.
   local        any JSONL/Parquet of prompts: a `messages` list, or a plain-text `prompt` column,
@@ -242,6 +242,9 @@ def adapt(row: Any, pc: PrepareConfig) -> Candidate:
     response = None
     if pc.kind in ("lmsys", "lmsys_clean"):
         conv = _sharegpt(row.get(pc.messages_field), pc.messages_field)
+        system = row.get("system")  # ShareGPT-style rows may carry the system prompt beside the turns
+        if isinstance(system, str) and system.strip() and conv[0]["role"] != "system":
+            conv = [{"role": "system", "content": system}, *conv]
         lang = row.get("language")
         if pc.languages and isinstance(lang, str) and lang.lower() not in {x.lower() for x in pc.languages}:
             raise Skip("language")
