@@ -95,6 +95,8 @@ def check_values(cfg: DictConfig) -> None:
             valid = False
         if not valid:
             raise GADError(f"{key}={value} is invalid: {why}")
+    if "data" in cfg and not OmegaConf.select(cfg, "data.path", default=None):
+        raise GADError("data.path: required, but not set (add data.path=<dump> to the command line)")
     method = cfg.get("method") or {}
     if "d_only_steps" in method and method.d_only_steps > method.warmup_steps:
         raise GADError(f"method.d_only_steps={method.d_only_steps} is invalid: must be <= method.warmup_steps={method.warmup_steps}")
@@ -112,8 +114,5 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     except Exception as err:
         raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
-    if missing:
-        raise GADError(f"{missing[0]}: required, but not set (add {missing[0]}=... to the command line)")
     check_known_keys(cfg)
     check_values(cfg)
