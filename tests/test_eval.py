@@ -230,11 +230,11 @@ def test_judge_scores_both_orders_and_unparseable_count(evaluated, run):
             assert row["judge_lc_subset"] == pytest.approx(100 * sum(s[j] for j in sub) / sum(s[j] + r[j] for j in sub))
         per_prompt = [100 * a / (a + b) for a, b in zip(s, r)]
         x = np.log(ratios)
-        if np.ptp(x) > 0:
+        if np.ptp(x) > 0 and x.min() <= 0 <= x.max():
             slope, intercept = np.polyfit(x, per_prompt, 1)
             assert row["judge_lc_regression"] == pytest.approx(intercept) and row["judge_lc_slope"] == pytest.approx(slope)
         else:
-            assert row["judge_lc_regression"] is None  # NaN is written as null
+            assert row["judge_lc_regression"] is None  # NaN (no spread, or ratio 1 not covered) is written as null
 
 
 def test_unparseable_verdict_was_retried_then_counted(evaluated, server):
@@ -395,4 +395,5 @@ def test_length_control_hand_values():
     assert lc.subset_score([9, 5, 1], [1, 5, 9], [2.0, 1.0, 0.9], 0.8, 1.25) == (30.0, 2)  # prompts 2 and 3: 6 / 20
     intercept, slope = lc.regression([40.0, 50.0, 60.0], [-1.0, 0.0, 1.0])
     assert (intercept, slope) == pytest.approx((50.0, 10.0))
-    assert math.isnan(lc.regression([1.0, 2.0], [0.0, 1.0])[0])
+    assert math.isnan(lc.regression([1.0, 2.0], [0.0, 1.0])[0])  # too few prompts
+    assert math.isnan(lc.regression([40.0, 50.0, 60.0], [-3.0, -2.0, -1.0])[0])  # all shorter: no extrapolation

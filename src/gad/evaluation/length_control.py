@@ -8,8 +8,9 @@ Per prompt i the judge rates the student (s_i) and its own reference (r_i); the 
   (default [0.8, 1.25], symmetric in log space): answers of comparable length only.
 - `regression`: ordinary least squares p_i = a + b * x_i; `a` is the predicted per-prompt score at
   ratio 1 (equal lengths) and `b` the points gained per unit of log length ratio. Needs at least
-  3 prompts and some spread in x; NaN otherwise. Its scale is the mean per-prompt score, reported
-  beside it as `judge_prompt_mean`.
+  3 prompts and some spread in x, and ratio 1 inside the observed range of ratios (an interpolation,
+  never an extrapolation from answers that are all much shorter or all much longer); NaN otherwise.
+  Its scale is the mean per-prompt score, reported beside it as `judge_prompt_mean`.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def subset_score(s: Sequence[float], r: Sequence[float], ratios: Sequence[float]
 
 
 def regression(scores: Sequence[float], x: Sequence[float]) -> tuple[float, float]:
-    """OLS of scores on x: (intercept at x = 0, slope); NaNs when underdetermined."""
+    """OLS of scores on x: (intercept at x = 0, slope); NaNs when underdetermined or 0 is outside x's range."""
     n = len(scores)
-    if n < 3:
+    if n < 3 or not min(x) <= 0 <= max(x):
         return math.nan, math.nan
     mx, my = sum(x) / n, sum(scores) / n
     sxx = sum((xi - mx) ** 2 for xi in x)
