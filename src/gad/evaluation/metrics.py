@@ -38,7 +38,7 @@ def _rouge_tokenizer():
         try:
             from rouge_score import tokenizers
         except ImportError:
-            raise GADError("ROUGE-L needs the rouge-score package: pip install 'gad-distill[eval]' (or rouge-score)") from None
+            raise GADError("ROUGE-L needs the rouge-score package: pip install rouge-score") from None
         _TOKENIZER = tokenizers.DefaultTokenizer(use_stemmer=False)
     return _TOKENIZER
 
