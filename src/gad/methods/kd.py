@@ -1,0 +1,177 @@
+"""Blended knowledge distillation (gad-method.md section 3; docs/kd.md).
+
+    L = alpha * CE(teacher response) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+
+One training step, in order:
+  1. sequences   on-policy: sample from the current student (no grad);
+                 off-policy ("standard KD"): the teacher's responses from the dump
+  2. teacher     the teacher scores those sequences: full distributions or top-k + remainder
+  3. loss        per token, the softened KL (gad.kd_losses) token-averaged over the response
+                 tokens, x (1 - alpha) T^2; plus alpha x token-mean CE on the teacher responses
+                 (off-policy both come from one forward, since the sequences are the same)
+  4. G step      one AdamW step; alpha itself ramps from 0 to its target over alpha_warmup_steps
+
+The teacher is built when fitting starts (`setup`), not in `__init__`, so that reloading a
+run (gad.runs.load_module) needs neither the teacher model nor its server. It is not a
+submodule: it is never trained, checkpointed or moved by Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gad import kd_losses
+from gad.errors import GADError
+from gad.losses import masked_sum
+from gad.methods.base import DistillModule, micro_batches
+from gad.rollout import generation_config, sample
+from gad.teachers import Teacher, TeacherDists, build_teacher
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise GADError(f"method.{key}={value} is invalid: {why}")
+
+
+class KDModule(DistillModule):
+    def __init__(
+        self,
+        student,
+        tokenizer,
+        *,
+        teacher: dict[str, Any],
+        steps: int = 2400,
+        alpha: float = 0.5,
+        alpha_warmup_steps: int = 240,
+        temperature: float = 2.0,
+        on_policy: bool = True,
+        rollout_temperature: float = 1.0,
+        top_p: float = 1.0,
+        samples_per_prompt: int = 1,
+        max_new_tokens: int = 1536,
+        micro_batch_size: int = 8,
+        rollout_batch_size: int = 64,
+        generator_optimizer,
+        generator_scheduler,
+        generator_grad_clip: float | None = 1.0,
+        seed: int = 0,
+        profile: bool = False,
+    ):
+        _check(isinstance(steps, int) and steps >= 1, "steps", steps, "must be an integer >= 1")
+        _check(0 <= alpha <= 1, "alpha", alpha, "must be in [0, 1]")
+        _check(isinstance(alpha_warmup_steps, int) and alpha_warmup_steps >= 0, "alpha_warmup_steps", alpha_warmup_steps,
+               "must be an integer >= 0")
+        _check(temperature > 0, "temperature", temperature, "must be > 0 (the softening temperature T)")
+        _check(isinstance(on_policy, bool), "on_policy", on_policy, "must be true or false")
+        _check(rollout_temperature > 0, "rollout_temperature", rollout_temperature, "must be > 0")
+        _check(0 < top_p <= 1, "top_p", top_p, "must be in (0, 1]")
+        _check(isinstance(samples_per_prompt, int) and samples_per_prompt >= 1, "samples_per_prompt", samples_per_prompt,
+               "must be an integer >= 1")
+        _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be >= 1")
+        _check(isinstance(micro_batch_size, int) and micro_batch_size >= 1, "micro_batch_size", micro_batch_size, "must be >= 1")
+        _check(isinstance(rollout_batch_size, int) and rollout_batch_size >= 1, "rollout_batch_size", rollout_batch_size,
+               "must be >= 1")
+        super().__init__(
+            student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
+            generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
+        )
+        self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
+        self.temperature, self.on_policy = temperature, on_policy
+        self.samples_per_prompt, self.rollout_batch_size = samples_per_prompt, rollout_batch_size
+        self.sampling = generation_config(
+            max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
+            temperature=rollout_temperature, top_p=top_p,
+        )
+        # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
+        self.needs_teacher = alpha < 1 or alpha_warmup_steps > 0
+        self.teacher: Teacher | None = build_teacher(teacher) if self.needs_teacher else None
+        self.teacher_ready = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+    def current_alpha(self) -> float:
+        return kd_losses.alpha_at(self.completed_steps, self.alpha, self.alpha_warmup_steps)
+
+    # ------------------------------------------------------------ the teacher
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.setup_teacher()
+
+    def setup_teacher(self) -> None:
+        if self.teacher is not None and not self.teacher_ready:
+            self.teacher.setup(self.tokenizer)  # refuses another tokenizer with one line
+            self.teacher_ready = True
+
+    def token_kl(self, dists: TeacherDists, student_logits: torch.Tensor) -> torch.Tensor:
+        """Per-token softened KL(teacher_T || student_T): [B, R]."""
+        dists = dists.to(student_logits.device)
+        if dists.full:
+            return kd_losses.full_kl(dists.logprobs, student_logits, self.temperature)
+        return kd_losses.topk_kl(dists.ids, dists.logprobs, student_logits, self.temperature, dists.valid)
+
+    # ------------------------------------------------------------ the step
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
+        self.setup_teacher()
+        with self.timed("g_step"):
+            metrics = self.kd_backward(batch, self.current_alpha())
+            metrics["train/grad_norm_g"] = self.step_optimizer("generator")
+        return self.end_step(metrics)
+
+    def rollout(self, batch: dict[str, Any]):
+        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.rollout_seed())
+            return sample(
+                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.samples_per_prompt,
+                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
+            )
+
+    def kd_backward(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
+        """Backpropagate alpha x CE + (1 - alpha) x T^2 x KL for one batch; returns the step's metrics."""
+        metrics: dict[str, Any] = {"train/alpha": alpha, "train/teacher_len": batch["response_mask"].sum(-1).float().mean()}
+        kl_weight = (1.0 - alpha) * self.temperature**2
+        if kl_weight == 0:  # alpha = 1: exactly SeqKD
+            ce = self.sft_backward(batch, weight=1.0)
+            metrics.update({"train/sft_loss": ce, "train/loss": ce})
+            return metrics
+
+        if self.on_policy:
+            rollout = self.rollout(batch)
+            ids, attn, targets, mask = rollout.input_ids, rollout.attention_mask, rollout.response_ids, rollout.response_mask
+            metrics["train/response_len"] = rollout.lengths.float().mean()
+        else:
+            ids, attn = self.teacher_sequences(batch)
+            targets, mask = batch["response_ids"], batch["response_mask"]
+            metrics["train/response_len"] = metrics["train/teacher_len"]
+        shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
+        total = mask.sum().clamp(min=1)
+        sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
+        for sl in micro_batches(ids.size(0), self.micro_batch_size):
+            with self.timed("teacher"):
+                dists = self.teacher.score(ids[sl], attn[sl], targets.size(1))
+            logp, logits = self.response_logprobs(self.generator, ids[sl], attn[sl], targets[sl], with_logits=True)
+            kl = masked_sum(self.token_kl(dists, logits), mask[sl])
+            loss = kl_weight * kl / total
+            if shared_ce:
+                ce = -masked_sum(logp, mask[sl])
+                loss = loss + alpha * ce / total
+                sums["ce"] += ce.detach()
+            self.manual_backward(loss)
+            sums["kl"] += kl.detach()
+            if not dists.full:
+                sums["mass"] += masked_sum(kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device), mask[sl])
+        metrics["train/kl"] = sums["kl"] / total
+        if not dists.full:
+            metrics["train/teacher_topk_mass"] = sums["mass"] / total
+        if shared_ce:
+            metrics["train/sft_loss"] = sums["ce"] / total
+        elif alpha > 0:
+            metrics["train/sft_loss"] = self.sft_backward(batch, weight=alpha)
+        ce = metrics.get("train/sft_loss", torch.zeros((), device=self.device))
+        metrics["train/loss"] = kd_losses.blended_loss(ce, metrics["train/kl"], alpha, self.temperature)
+        return metrics
