@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from gad.errors import exit_on_user_error  # noqa: E402
+from gad.errors import exit_on_user_error, run_cli  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="collect")
@@ -32,4 +32,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
