@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import subprocess_script
@@ -48,6 +49,13 @@ class TwoNetworkDDPStrategy(DDPStrategy):
     def _configure_launcher(self) -> None:
         subprocess_script._hydra_subprocess_cmd = job_subprocess_cmd
         super()._configure_launcher()
+
+    def setup_environment(self) -> None:
+        # CPU ranks each default to one thread per core; oversubscribed, they spin against each
+        # other and a step gets several times slower. Give each rank its share of the cores.
+        if self.root_device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.num_processes))
+        super().setup_environment()
 
     def configure_ddp(self) -> None:
         module = self.lightning_module
