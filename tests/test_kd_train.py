@@ -149,3 +149,21 @@ def test_api_teacher_scores_equal_the_local_teacher(teacher_dir):
             w = {int(i): v for i, v, ok in zip(want.ids[b, j], want.logprobs[b, j], want.valid[b, j]) if ok}
             assert g.keys() == w.keys() and len(g) in (TOP_K, TOP_K + 1)
             assert all(abs(g[i] - w[i]) < 1e-5 for i in g)
+
+
+def test_toy_teacher_is_fitted_once_and_its_recipe_checked(tmp_path):
+    tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
+    lines = (ROOT / "data" / "toy" / "train.jsonl").read_text().splitlines()[:40]
+    (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").student.config)
+    recipe = {"data": str(tmp_path / "dump.jsonl"), "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
+              "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
+    spec = {"kind": "local", "path": str(tmp_path / "teacher"), "build": recipe}
+    build_teacher(spec).setup(tok)  # fits and saves
+    saved = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "teacher" / "build.json").is_file()
+    teacher = build_teacher(spec)
+    teacher.setup(tok)  # reuses
+    assert (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns == saved and teacher.model is not None
+    with pytest.raises(GADError, match="different method.teacher.build recipe"):
+        build_teacher({**spec, "build": {**recipe, "steps": 3}}).setup(tok)
