@@ -12,11 +12,11 @@ from rich.table import Table
 
 from gad.methods.gad import phase_name
 
-COLUMNS = {  # metric -> column title
+COLUMNS = {  # metric -> column title (short: the table must fit an 80-column terminal)
     "train/d_acc": "D acc",
-    "train/score_gap": "score gap (t - s)",
+    "train/score_gap": "D gap",
     "train/reward_mean": "reward",
-    "train/response_len": "student len",
+    "train/response_len": "len",
     "train/teacher_len": "teacher len",
     "train/sft_loss": "CE",
     "train/kl": "KL",
@@ -59,8 +59,9 @@ class RunSummary(L.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({"phases": phases, "results": self.results}, indent=2))
         console = Console()
-        table = Table(title=f"run summary (mean of each phase's last {self.window} steps)")
-        table.add_column("phase")
+        table = Table(title=f"run summary: mean of each phase's last {self.window} steps",
+                      caption="D gap: mean D score of teacher minus student responses; len: student response tokens")
+        table.add_column("phase", no_wrap=True, min_width=11)
         table.add_column("steps", justify="right")
         for title in COLUMNS.values():
             table.add_column(title, justify="right")
@@ -70,7 +71,7 @@ class RunSummary(L.Callback):
         console.print(table)
         if self.results:
             results = Table(title="held-out results")
-            names = sorted({k for v in self.results.values() for k in v})
+            names = sorted({k for v in self.results.values() for k in v}, key=lambda n: (n != "before", n))
             results.add_column("metric")
             for n in names:
                 results.add_column(n, justify="right")
