@@ -17,7 +17,7 @@ COLUMNS = {  # metric -> column title (short: the table must fit an 80-column te
     "train/score_gap": "D gap",
     "train/reward_mean": "reward",
     "train/response_len": "len",
-    "train/teacher_len": "teacher len",
+    "train/teacher_len": "t len",
     "train/sft_loss": "CE",
     "train/kl": "KL",
 }
@@ -60,7 +60,7 @@ class RunSummary(L.Callback):
         self.path.write_text(json.dumps({"phases": phases, "results": self.results}, indent=2))
         console = Console()
         table = Table(title=f"run summary: mean of each phase's last {self.window} steps",
-                      caption="D gap: mean D score of teacher minus student responses; len: student response tokens")
+                      caption="D gap: mean D score, teacher minus student; len / t len: student / teacher tokens")
         table.add_column("phase", no_wrap=True, min_width=11)
         table.add_column("steps", justify="right")
         for title in COLUMNS.values():
