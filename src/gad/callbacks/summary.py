@@ -40,7 +40,8 @@ class RunSummary(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if outputs:
-            phase = phase_name(outputs.get("train/phase", 0.0))
+            # Methods without phases (SeqKD, KD) log no train/phase.
+            phase = phase_name(outputs["train/phase"]) if "train/phase" in outputs else "training"
             self.history[phase].append({k: v for k, v in outputs.items() if k in COLUMNS})
 
     def phase_means(self) -> dict[str, dict[str, float]]:
