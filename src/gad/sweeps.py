@@ -27,7 +27,7 @@ def final_metrics(job_dir: Path) -> dict[str, float]:
     summary = job_dir / "summary.json"
     if summary.is_file():
         phases = json.loads(summary.read_text()).get("phases", {})
-        last_phase = phases.get("adversarial") or phases.get("warmup") or {}
+        last_phase = list(phases.values())[-1] if phases else {}
         out.update({k: v for k, v in last_phase.items() if k in SUMMARY_METRICS})
     return out
 
