@@ -112,7 +112,7 @@ def check_values(cfg: DictConfig) -> None:
     if "deepspeed" in strategy.lower():
         raise GADError(
             f"trainer.strategy={strategy} is not supported: Lightning's DeepSpeed strategy allows one optimizer, "
-            "and GAD steps two networks; use trainer=ddp or trainer=fsdp"
+            "and GAD steps two networks; use trainer=ddp"
         )
 
 
