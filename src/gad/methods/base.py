@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gad.losses import masked_sum, position_ids, token_logprobs
 from gad.methods.optim import NetworkOptim
+from gad.rollout import Rollout, sample
 
 
 def micro_batches(n: int, size: int) -> Iterator[slice]:
@@ -97,6 +98,19 @@ class DistillModule(L.LightningModule):
     def rollout_seed(self) -> int:
         """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""
         return (self.seed * 1_000_003 + self.completed_steps) * 4096 + self.global_rank
+
+    def rollout(self, batch: dict[str, Any]) -> Rollout:
+        """`self.num_samples` responses per prompt from the current student, seeded by `rollout_seed`.
+
+        On-policy methods set `self.num_samples`, `self.sampling` (a GenerationConfig) and
+        `self.rollout_batch_size`.
+        """
+        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.rollout_seed())
+            return sample(
+                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
+                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
+            )
 
     # ------------------------------------------------------------ optimisation
 

@@ -22,7 +22,7 @@ from gad import losses
 from gad.methods.base import DistillModule, micro_batches
 from gad.methods.optim import NetworkOptim
 from gad.models import Discriminator, frozen_copy
-from gad.rollout import Rollout, generation_config, sample
+from gad.rollout import Rollout, generation_config
 
 
 PHASES = {0.0: "warmup", 0.5: "d_on_frozen_g", 1.0: "adversarial"}
@@ -145,16 +145,6 @@ class GADModule(DistillModule):
         if self.reference is not None and not self.reference_ready:
             self.reference.load_state_dict(self.generator.state_dict())
         self.reference_ready = True
-
-    # ------------------------------------------------------------ 1. rollout
-
-    def rollout(self, batch: dict[str, Any]) -> Rollout:
-        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.rollout_seed())
-            return sample(
-                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
-                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
-            )
 
     # ------------------------------------------------------------ 2-3. discriminator
 

@@ -26,7 +26,7 @@ from gad import kd_losses
 from gad.errors import GADError
 from gad.losses import masked_sum
 from gad.methods.base import DistillModule, micro_batches
-from gad.rollout import generation_config, sample
+from gad.rollout import generation_config
 from gad.teachers import Teacher, TeacherDists, build_teacher
 
 
@@ -79,7 +79,7 @@ class KDModule(DistillModule):
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.temperature, self.on_policy = temperature, on_policy
-        self.samples_per_prompt, self.rollout_batch_size = samples_per_prompt, rollout_batch_size
+        self.num_samples, self.rollout_batch_size = samples_per_prompt, rollout_batch_size  # the base rollout reads num_samples
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
             temperature=rollout_temperature, top_p=top_p,
@@ -122,14 +122,6 @@ class KDModule(DistillModule):
             metrics = self.kd_backward(batch, self.current_alpha())
             metrics["train/grad_norm_g"] = self.step_optimizer("generator")
         return self.end_step(metrics)
-
-    def rollout(self, batch: dict[str, Any]):
-        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.rollout_seed())
-            return sample(
-                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.samples_per_prompt,
-                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
-            )
 
     def kd_backward(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """Backpropagate alpha x CE + (1 - alpha) x T^2 x KL for one batch; returns the step's metrics."""
