@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from conftest import FAST, run_entry
+from conftest import FAST, ROOT, run_entry
 
 QUICK = [o for o in FAST if not o.startswith(("method.warmup_steps", "method.adversarial_steps"))]
 
@@ -42,9 +42,10 @@ def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
 
 
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", f"hydra.sweep.dir={sweep}",
-                     f"paths.cache_dir={tmp_path}/cache", *FAST)
+    # The default sweep folder (outputs/train/multiruns/<time>, under the project root) as users get it.
+    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", f"paths.data_dir={ROOT / 'data'}",
+                     f"paths.cache_dir={tmp_path}/cache", *FAST, env={"PROJECT_ROOT": str(tmp_path)})
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert proc.returncode == 2
     assert "error: method.temperature=0 is invalid" in proc.stderr and "Traceback" not in proc.stderr
     rows = {r["method.temperature"]: r["status"] for r in csv.DictReader(open(sweep / "sweep_summary.csv"))}

@@ -18,7 +18,7 @@ SUMMARY_METRICS = ["train/d_acc", "train/score_gap", "train/reward_mean", "train
 
 
 def final_metrics(job_dir: Path) -> dict[str, float]:
-    """The last logged value of each metric in a job's metrics.csv, plus the adversarial-phase means."""
+    """The last logged value of each metric in a job's metrics.csv, its last phase's means and its results after training."""
     out: dict[str, float] = {}
     metrics = job_dir / "metrics.csv"
     if metrics.is_file():
@@ -26,9 +26,12 @@ def final_metrics(job_dir: Path) -> dict[str, float]:
             out.update({k: float(v) for k, v in row.items() if v not in ("", None) and k.startswith(("val/", "train/step"))})
     summary = job_dir / "summary.json"
     if summary.is_file():
-        phases = json.loads(summary.read_text()).get("phases", {})
+        summary = json.loads(summary.read_text())
+        phases = summary.get("phases", {})
         last_phase = list(phases.values())[-1] if phases else {}
         out.update({k: v for k, v in last_phase.items() if k in SUMMARY_METRICS})
+        # Held-out results after training (e.g. toy accuracy per split), as measured by the callbacks.
+        out.update({name: values["after"] for name, values in summary.get("results", {}).items() if "after" in values})
     return out
 
 

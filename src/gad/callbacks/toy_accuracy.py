@@ -1,4 +1,5 @@
-"""Held-out toy-world accuracy, checked by the toy teacher's own program, before and after training."""
+"""Held-out toy-world accuracy and response length, checked by the toy teacher's own program,
+before and after training."""
 
 from __future__ import annotations
 
@@ -10,22 +11,30 @@ from gad.toy.check import accuracy
 
 
 class ToyAccuracy(L.Callback):
-    """Greedy-decodes the first `limit` prompts of each split at fit start and at train end."""
+    """Greedy-decodes the first `limit` prompts of each split at fit start and at train end, and reports
+    accuracy and the length ratio to the teacher (mean student tokens / mean teacher tokens)."""
 
     def __init__(self, splits: dict[str, str], limit: int = 100, max_new_tokens: int = 32, batch_size: int = 100):
         self.splits = {name: read_records(path)[0][:limit] for name, path in splits.items()}
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.before: dict[str, float] = {}
+        self.before: dict[str, dict[str, float]] = {}
 
-    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
+    def measure(self, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
         out = {}
         for name, records in self.splits.items():
             texts = generate_texts(
                 pl_module.generator, pl_module.tokenizer, [r["messages"] for r in records],
                 max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,
             )
-            out[name] = accuracy(records, texts)
+            out[f"toy accuracy ({name})"] = accuracy(records, texts)
+            out[f"len / teacher ({name})"] = self.mean_tokens(pl_module, texts) / self.mean_tokens(
+                pl_module, [r["response"] for r in records]
+            )
         return out
+
+    @staticmethod
+    def mean_tokens(pl_module: L.LightningModule, texts: list[str]) -> float:
+        return sum(len(pl_module.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(len(texts), 1)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -34,8 +43,8 @@ class ToyAccuracy(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        after = self.measure(pl_module)
         summary = next((cb for cb in trainer.callbacks if hasattr(cb, "add_result")), None)
-        for name, value in after.items():
-            if summary is not None:
-                summary.add_result(f"toy accuracy ({name})", before=self.before.get(name, float("nan")), after=value)
+        if summary is None:
+            return
+        for name, value in self.measure(pl_module).items():
+            summary.add_result(name, before=self.before.get(name, float("nan")), after=value)
