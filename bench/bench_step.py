@@ -49,29 +49,33 @@ class StepTimer(L.Callback):
             self.rows.append({"total": total, "tokens": outputs["train/response_len"] * samples, **pl_module.timings})
 
 
+def time_adversarial_steps(overrides: list[str], steps: int, skip: int):
+    """Runs `skip` + `steps` adversarial GAD steps through Lightning; returns (cfg, module, per-step timings)."""
+    out = tempfile.mkdtemp(prefix="gad-bench-")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", "method.profile=true", "method.warmup_steps=0",
+            "method.d_only_steps=0", f"method.adversarial_steps={steps + skip}", *overrides])
+    validate(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    tokenizer = instantiate(cfg.model.tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, cache_dir=None)
+    module = build_module(cfg, tokenizer)
+    timer = StepTimer(skip)
+    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, val_check_interval=10**9)
+    trainer.fit(module, datamodule=datamodule)
+    return cfg, module, timer.rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed adversarial steps")
     parser.add_argument("--skip", type=int, default=3, help="untimed steps first (allocator and cache warm-up)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
+    cfg, module, rows = time_adversarial_steps(args.overrides, args.steps, args.skip)
 
-    out = tempfile.mkdtemp(prefix="gad-bench-")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", "method.profile=true", "method.warmup_steps=0",
-            "method.d_only_steps=0", f"method.adversarial_steps={args.steps + args.skip}", *args.overrides])
-    validate(cfg)
-    L.seed_everything(cfg.seed, verbose=False)
-    tokenizer = instantiate(cfg.model.tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, cache_dir=None)
-    module = build_module(cfg, tokenizer)
-    timer = StepTimer(args.skip)
-    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, val_check_interval=10**9)
-    trainer.fit(module, datamodule=datamodule)
-
-    rows = timer.rows
     mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in ["total", *SECTIONS]}
     mean["other"] = mean["total"] - sum(mean[k] for k in SECTIONS)
     m = cfg.method

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gad.errors import GADError
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-INJECTED = {"student", "tokenizer", "callbacks", "logger"}  # passed by the training script, not the config
+INJECTED = {"student", "tokenizer", "callbacks", "logger", "lora"}  # passed by the training script, not the config
 
 
 def _positive(x): return x > 0
@@ -26,6 +26,7 @@ def _non_negative(x): return x >= 0
 def _at_least(n): return lambda x: x >= n
 def _unit_interval(x): return 0 <= x <= 1
 def _one_of(*options): return lambda x: x in options
+def _boolean(x): return isinstance(x, bool)
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -55,6 +56,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method.teacher.request_batch_size": (_at_least(1), "must be >= 1"),
     "method.teacher.concurrency": (_at_least(1), "must be >= 1"),
     "method.teacher.max_tokens": (_non_negative, "must be >= 0"),
+    "model.lora.generator": (_boolean, "must be true or false"),
+    "model.lora.discriminator": (_boolean, "must be true or false"),
+    "model.lora.r": (_at_least(1), "must be >= 1"),
+    "model.lora.alpha": (_positive, "must be > 0"),
+    "model.lora.dropout": (lambda x: 0 <= x < 1, "must be in [0, 1)"),
     "data.batch_size": (_at_least(1), "must be >= 1"),
     "data.val_size": (_non_negative, "must be >= 0"),
     "data.max_prompt_tokens": (_at_least(1), "must be >= 1"),
@@ -108,12 +114,27 @@ def check_values(cfg: DictConfig) -> None:
     method = cfg.get("method") or {}
     if "d_only_steps" in method and method.d_only_steps > method.warmup_steps:
         raise GADError(f"method.d_only_steps={method.d_only_steps} is invalid: must be <= method.warmup_steps={method.warmup_steps}")
+    check_lora(cfg)
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
     if "deepspeed" in strategy.lower():
         raise GADError(
             f"trainer.strategy={strategy} is not supported: Lightning's DeepSpeed strategy allows one optimizer, "
             "and GAD steps two networks; use trainer=ddp"
         )
+
+
+def check_lora(cfg: DictConfig) -> None:
+    """`model.lora`: no unknown keys (it has no `_target_` to check them against), and peft
+    installed when an adapter is switched on."""
+    lora = OmegaConf.select(cfg, "model.lora", default=None)
+    if not isinstance(lora, DictConfig):
+        return
+    from gad.models import LoraSettings, require_peft
+
+    LoraSettings.parse(lora)  # an unknown key: one line naming it
+    for network in ("generator", "discriminator"):
+        if lora.get(network):
+            require_peft(f"model.lora.{network}")
 
 
 def validate(cfg: DictConfig) -> None:

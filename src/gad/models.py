@@ -4,17 +4,27 @@ The discriminator is a copy of the student's trunk plus a linear head hidden -> 
 the hidden state of the last response token. The index is passed explicitly rather than
 inferred from padding, so a response that ends with a token equal to the pad id (Qwen's
 <|endoftext|> is both) is still scored at the right place.
+
+LoRA (`model.lora`, the optional `peft` library): the generator and/or the discriminator's
+trunk train low-rank adapters on frozen base weights (`add_lora`); the export merges them
+back into a plain copy (`plain_from_state`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase,
+)
 
 from gad.errors import GADError
 from gad.losses import position_ids
@@ -81,6 +91,106 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref.eval()
 
 
+# ---------------------------------------------------------------------------------------- LoRA
+
+
+def require_peft(key: str = "model.lora"):
+    """The `peft` module, or one line naming the config key that needs it."""
+    try:
+        import peft
+    except ImportError:
+        raise GADError(f'{key}=true needs the peft library, which is not installed: pip install -e ".[peft]"') from None
+    return peft
+
+
+def add_lora(
+    model: PreTrainedModel, r: int = 16, alpha: float = 32, dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear", *, key: str = "model.lora",
+) -> nn.Module:
+    """`model` wrapped by peft with LoRA adapters; its own weights are frozen (modified in place).
+
+    Only the adapters (r x (in + out) per adapted Linear) require grad. "all-linear" adapts
+    every Linear except a causal LM's output head. A causal LM comes back as a
+    `PeftModelForCausalLM` (forward and generate as before), a bare trunk as a `PeftModel`.
+    """
+    peft = require_peft(key)
+    if isinstance(target_modules, ListConfig):
+        target_modules = list(target_modules)
+    config = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none",
+        task_type="CAUSAL_LM" if isinstance(model, GenerationMixin) else None,
+    )
+    return peft.get_peft_model(model, config)
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether `model` is a peft wrapper (never imports peft: without it loaded there can be none)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def plain_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """A plain causal LM of `model`'s class holding `state`, a full state dict of `model` on the CPU.
+
+    `model` is the student as trained: maybe LoRA-wrapped (its adapters are merged in with
+    peft's `merge_and_unload`, so the result saves as plain full weights), maybe sharded (then
+    `state` is its gathered copy). Built on the meta device, the result takes `state`'s tensors
+    themselves (the merge writes into them): pass a copy, never the live weights. `model` is
+    not touched. Its generation config is kept (a model built from its config alone would
+    save the library's defaults instead, e.g. without Qwen's eos list).
+    """
+    lora = has_lora(model)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(copy.deepcopy(model.config))  # (it would share the config)
+        if lora:  # wrapped as the student is, so that the state's keys match
+            skeleton = require_peft().get_peft_model(skeleton, copy.deepcopy(model.peft_config["default"]))
+    skeleton.load_state_dict(state, assign=True)
+    for name, buffer in model.named_buffers():  # those not in a state dict (e.g. rotary frequencies)
+        if name not in state:
+            parent, _, leaf = name.rpartition(".")
+            setattr(skeleton.get_submodule(parent), leaf, buffer.detach().to("cpu", copy=True))
+    # `assign` gave tied weights (e.g. a tied LM head) tensors of their own: tie them again, before
+    # merging (peft would otherwise record them as untied in the saved config).
+    (skeleton.get_base_model() if lora else skeleton).tie_weights()
+    plain = skeleton.merge_and_unload() if lora else skeleton
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """`model.lora`: which networks train LoRA adapters instead of their full weights, and their shape."""
+
+    generator: bool = False
+    discriminator: bool = False
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    @classmethod
+    def parse(cls, lora: LoraSettings | Mapping | None) -> LoraSettings:
+        """From the config block (None: LoRA off, e.g. a run saved before `model.lora` existed)."""
+        if lora is None:
+            return cls()
+        if isinstance(lora, LoraSettings):
+            return lora
+        if isinstance(lora, DictConfig):
+            lora = OmegaConf.to_container(lora, resolve=True)
+        known = [f.name for f in fields(cls)]
+        for key in lora:
+            if key not in known:
+                raise GADError(f"model.lora.{key}: unknown key (known: {', '.join(known)})")
+        return cls(**lora)
+
+    def apply(self, model: PreTrainedModel, network: str) -> nn.Module:
+        """`model` with adapters if `model.lora.<network>` is on, else `model` unchanged."""
+        if not getattr(self, network):
+            return model
+        shape = {k: v for k, v in asdict(self).items() if k not in ("generator", "discriminator")}
+        return add_lora(model, **shape, key=f"model.lora.{network}")
+
+
 class Discriminator(nn.Module):
     """Student trunk + scalar head, scoring the last token of each response."""
 
@@ -94,7 +204,10 @@ class Discriminator(nn.Module):
 
     @classmethod
     def from_student(cls, student: PreTrainedModel) -> Discriminator:
-        """Initialised from the student's weights, as in the paper (a copy, not shared)."""
+        """Initialised from the student's weights, as in the paper (a copy, not shared).
+
+        Copy it from the plain student: adding LoRA to the generator modifies the student in place.
+        """
         trunk = copy.deepcopy(student.base_model)
         return cls(trunk, student.config.get_text_config().hidden_size)
 

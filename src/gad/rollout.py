@@ -101,6 +101,7 @@ def _right_pad(chunks: list[torch.Tensor], pad_id: int) -> torch.Tensor:
 def generate_texts(
     model: PreTrainedModel, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
     batch_size: int = 32, eos_ids: list[int] | None = None, config: GenerationConfig | None = None,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Decode a reply to each conversation (greedy unless `config` says otherwise), in batches."""
     eos_ids = eos_ids or [tokenizer.eos_token_id]
@@ -113,7 +114,7 @@ def generate_texts(
             conversations[start : start + batch_size], add_generation_prompt=True, tokenize=True,
             return_dict=True, padding=True, return_tensors="pt",
         ).to(model.device)
-        out = model.generate(**enc, generation_config=config)
+        out = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus)
         texts += tokenizer.batch_decode(out[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
     model.train(was_training)
     return texts

@@ -19,6 +19,8 @@ from gad.errors import GADError
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*weights_only.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# peft (model.lora) asks transformers a deprecated question when it wraps a model.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
 
 
 def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
@@ -28,7 +30,9 @@ def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
     rows = student.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise GADError(f"model: the tokenizer has {len(tokenizer)} tokens but the student's embedding only {rows}")
-    return instantiate(cfg.method, student=student, tokenizer=tokenizer)
+    # model.lora (absent from runs saved before it existed: LoRA off) is applied by the method,
+    # which knows which networks copy the plain student before the generator gets adapters.
+    return instantiate(cfg.method, student=student, tokenizer=tokenizer, lora=cfg.model.get("lora"))
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -10,5 +10,4 @@ class ExportStudent(L.Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            pl_module.export_student(self.dirpath)
+        pl_module.export_student(self.dirpath)  # every rank: under FSDP the weights are gathered first

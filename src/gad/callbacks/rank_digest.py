@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gad.distributed import full_tensor
+
 
 def tensor_digest(tensors) -> str:
     h = hashlib.sha256()
@@ -32,7 +34,8 @@ class RankDigest(L.Callback):
             self.rollouts.append(tensor_digest([last[1].response_ids]))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trained = [p for net in pl_module.networks.values() for p in net.module.parameters()]
+        # Under FSDP each rank holds shards: digest the whole (gathered) parameters.
+        trained = [full_tensor(p) for net in pl_module.networks.values() for p in net.module.parameters()]
         self.dir.mkdir(parents=True, exist_ok=True)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "parameters": tensor_digest(trained), "rollouts": self.rollouts}

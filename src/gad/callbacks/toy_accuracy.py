@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 
 from gad.data.records import read_records
+from gad.distributed import gathered, is_sharded
 from gad.rollout import generate_texts
 from gad.toy.check import accuracy
 
@@ -17,15 +18,17 @@ class ToyAccuracy(L.Callback):
     def __init__(self, splits: dict[str, str], limit: int = 100, max_new_tokens: int = 32, batch_size: int = 100):
         self.splits = {name: read_records(path)[0][:limit] for name, path in splits.items()}
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.before: dict[str, dict[str, float]] = {}
+        self.before: dict[str, float] = {}
 
-    def measure(self, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
+    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
         out = {}
         for name, records in self.splits.items():
-            texts = generate_texts(
-                pl_module.generator, pl_module.tokenizer, [r["messages"] for r in records],
-                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,
-            )
+            with gathered(pl_module.generator):
+                texts = generate_texts(
+                    pl_module.generator, pl_module.tokenizer, [r["messages"] for r in records],
+                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,
+                    synced_gpus=is_sharded(pl_module.generator),
+                )
             out[f"toy accuracy ({name})"] = accuracy(records, texts)
             out[f"len / teacher ({name})"] = self.mean_tokens(pl_module, texts) / self.mean_tokens(
                 pl_module, [r["response"] for r in records]
@@ -36,15 +39,21 @@ class ToyAccuracy(L.Callback):
     def mean_tokens(pl_module: L.LightningModule, texts: list[str]) -> float:
         return sum(len(pl_module.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(len(texts), 1)
 
+    @staticmethod
+    def measures_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        # Rank 0 decodes; a sharded generator's forward is a collective, so then every rank does.
+        return trainer.is_global_zero or is_sharded(pl_module.generator)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.measures_here(trainer, pl_module):
             self.before = self.measure(pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not self.measures_here(trainer, pl_module):
             return
+        after = self.measure(pl_module)
         summary = next((cb for cb in trainer.callbacks if hasattr(cb, "add_result")), None)
-        if summary is None:
+        if summary is None or not trainer.is_global_zero:
             return
-        for name, value in self.measure(pl_module).items():
+        for name, value in after.items():
             summary.add_result(name, before=self.before.get(name, float("nan")), after=value)

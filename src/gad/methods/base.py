@@ -18,8 +18,10 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
 from gad.losses import masked_sum, position_ids, token_logprobs
 from gad.methods.optim import NetworkOptim
+from gad.models import LoraSettings, has_lora, plain_from_state
 from gad.rollout import Rollout, sample
 
 
@@ -42,9 +44,12 @@ class DistillModule(L.LightningModule):
         micro_batch_size: int,
         seed: int,
         profile: bool = False,
+        lora: LoraSettings | dict | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
+        self.lora = LoraSettings.parse(lora)  # model.lora: with .generator on, G trains adapters only
+        student = self.lora.apply(student, "generator")
         self.generator = student
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
@@ -105,12 +110,33 @@ class DistillModule(L.LightningModule):
         On-policy methods set `self.num_samples`, `self.sampling` (a GenerationConfig) and
         `self.rollout_batch_size`.
         """
-        with self.timed("rollout"), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        devices = [self.device] if self.device.type == "cuda" else []
+        with self.timed("rollout"), torch.random.fork_rng(devices=devices), gathered(self.generator):
             torch.manual_seed(self.rollout_seed())
             return sample(
                 self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
                 config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
+                # Sharded, every forward is a collective: ranks that finish early keep stepping.
+                synced_gpus=self.sharded,
             )
+
+    # ------------------------------------------------------------ sharding (trainer=fsdp)
+
+    def frozen_networks(self) -> list[torch.nn.Module]:
+        """Networks that are run but never trained (e.g. GAD's KL reference); sharded too under FSDP."""
+        return []
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.generator)
+
+    def configure_model(self) -> None:
+        """Under `gad.distributed.TwoNetworkFSDPStrategy`, shard every network with FSDP2."""
+        if self.device_mesh is None or self.sharded:  # not FSDP, or already sharded (validate after fit)
+            return
+        reshard = getattr(self.trainer.strategy, "reshard_after_forward", True)
+        for module in [*(net.module for net in self.networks.values()), *self.frozen_networks()]:
+            shard(module, self.device_mesh["data_parallel"], reshard_after_forward=reshard)
 
     # ------------------------------------------------------------ optimisation
 
@@ -120,6 +146,8 @@ class DistillModule(L.LightningModule):
 
         Under DDP this is its wrapper; with `sync=False` gradients only accumulate locally
         (`no_sync`), so a step's micro-batches all-reduce once, at their last backward.
+        Under FSDP it is the sharded network itself, which reduce-scatters at every
+        micro-batch: skipping that would keep a full, unsharded gradient on every rank.
         """
         wrapper = self.wrapped.get(name)
         if wrapper is None:
@@ -143,7 +171,7 @@ class DistillModule(L.LightningModule):
         sched = schedulers[index] if isinstance(schedulers, list) else schedulers
         params = [p for p in net.module.parameters() if p.grad is not None]
         max_norm = net.grad_clip if net.grad_clip else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
@@ -221,8 +249,21 @@ class DistillModule(L.LightningModule):
         self.completed_steps = int(state.get("completed_steps", 0))
 
     def export_student(self, directory: str | Path) -> Path:
-        """The student as a Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it)."""
+        """The student as a Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it).
+
+        Call it on every rank: under FSDP the weights are gathered (a collective); rank 0 writes.
+        With LoRA on the generator (`model.lora.generator`) the adapters are merged into the copy.
+        """
         directory = Path(directory)
-        self.generator.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        state = full_state_dict(self.generator)
+        if self.global_rank == 0:
+            model = self.generator
+            if self.sharded or has_lora(model):
+                # A plain model of the same class (so the saved config names that class), from a CPU
+                # copy of the weights; LoRA adapters merged in, so the folder is never adapter-only.
+                if not self.sharded:  # `state` holds the live weights: copy them
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+                model = plain_from_state(model, state)
+            model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
         return directory

@@ -73,7 +73,11 @@ class GADModule(DistillModule):
         discriminator_grad_clip: float | None = 0.2,
         seed: int = 0,
         profile: bool = False,
+        lora=None,
     ):
+        # D's trunk is a copy of the plain student's, taken before LoRA (model.lora.generator)
+        # wraps the student in place for the generator.
+        discriminator = Discriminator.from_student(student)
         if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
             generator_scheduler = functools.partial(
@@ -82,6 +86,7 @@ class GADModule(DistillModule):
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
+            lora=lora,
         )
         self.temperature, self.num_samples, self.max_new_tokens = temperature, num_samples, max_new_tokens
         self.warmup_steps, self.d_only_steps, self.adversarial_steps = warmup_steps, d_only_steps, adversarial_steps
@@ -94,12 +99,16 @@ class GADModule(DistillModule):
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
             temperature=temperature, top_p=top_p,
         )
-        self.discriminator = Discriminator.from_student(student)
+        # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
+        discriminator.trunk = self.lora.apply(discriminator.trunk, "discriminator")
+        self.discriminator = discriminator
         self.networks["discriminator"] = NetworkOptim(
             self.discriminator, discriminator_optimizer, discriminator_scheduler, discriminator_grad_clip
         )
         # Built now (weights copied in when warm-up ends) so a checkpoint always has the same keys.
-        self.reference = frozen_copy(student) if kl_coef > 0 else None
+        # A copy of the generator as built (with LoRA: frozen base + adapters), so its state dict
+        # loads into the reference as is and gives the warmed-up policy.
+        self.reference = frozen_copy(self.generator) if kl_coef > 0 else None
         self.reference_ready = False
         self.last_rollout: tuple[dict[str, Any], Rollout, Scores] | None = None
 
@@ -239,6 +248,9 @@ class GADModule(DistillModule):
             "train/response_len": rollout.lengths.float().mean(),
             "train/teacher_len": batch["response_mask"].sum(-1).float().mean(),
         }
+
+    def frozen_networks(self) -> list[torch.nn.Module]:
+        return [self.reference] if self.reference is not None else []
 
     # ------------------------------------------------------------ checkpoint state
 

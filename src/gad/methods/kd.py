@@ -58,6 +58,7 @@ class KDModule(DistillModule):
         generator_grad_clip: float | None = 1.0,
         seed: int = 0,
         profile: bool = False,
+        lora=None,
     ):
         _check(isinstance(steps, int) and steps >= 1, "steps", steps, "must be an integer >= 1")
         _check(0 <= alpha <= 1, "alpha", alpha, "must be in [0, 1]")
@@ -76,6 +77,7 @@ class KDModule(DistillModule):
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
+            lora=lora,  # model.lora.generator only: KD has no discriminator
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.temperature, self.on_policy = temperature, on_policy

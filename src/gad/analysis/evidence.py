@@ -1,0 +1,140 @@
+"""Tables and plots of the toy evidence sweep (conf/experiment/toy_evidence.yaml, docs/results.md).
+
+    python src/train.py -m experiment=toy_evidence
+    python -m gad.analysis.evidence outputs/toy_evidence/multiruns/<time> --out docs/figures
+
+Reads every finished job of the sweep (its arm and seed from `.hydra/overrides.yaml`, held-out
+results from `summary.json`, per-step metrics from `metrics.csv`), prints a Markdown table of
+mean +- standard deviation over seeds per arm, and writes two figures: held-out accuracy per
+arm, and response length and reward over the adversarial phase (on-policy GAD vs the frozen
+discriminator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from gad.errors import GADError, exit_on_user_error  # noqa: E402
+
+SPLITS = ("in_dist", "out_of_dist")
+ARM_ORDER = ["gad", "seqkd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
+ADVERSARIAL = 1.0  # the train/phase code of the adversarial phase (gad.methods.gad.PHASES)
+
+
+def load_jobs(sweep_dir: Path) -> pd.DataFrame:
+    """One row per finished job: arm, seed, and each result before and after training."""
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        summary = job / "summary.json"
+        if not summary.is_file():
+            continue
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        row = {"job": job, "arm": overrides.get("arm", "gad"), "seed": int(overrides.get("seed", 1234))}
+        for name, values in json.loads(summary.read_text()).get("results", {}).items():
+            row.update({f"{name} {when}": value for when, value in values.items()})
+        rows.append(row)
+    if not rows:
+        raise GADError(f"{sweep_dir}: no finished jobs (no <job>/summary.json); is it a sweep folder?")
+    return pd.DataFrame(rows)
+
+
+def results_table(jobs: pd.DataFrame) -> str:
+    """Markdown: per arm, mean +- std over seeds of accuracy and length ratio on each split."""
+    columns = [(f"toy accuracy ({s})", f"acc {s.replace('_', ' ')}") for s in SPLITS]
+    columns += [(f"len / teacher ({s})", f"len/teacher {s.replace('_', ' ')}") for s in SPLITS]
+    header = "| arm | seeds | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+
+    def cell(values: pd.Series) -> str:
+        return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+
+    before = jobs.drop_duplicates("seed")
+    lines.append(f"| before (initial student) | {len(before)} | " + " | ".join(cell(before[f"{key} before"]) for key, _ in columns) + " |")
+    for arm in sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
+        group = jobs[jobs.arm == arm]
+        lines.append(f"| {arm} | {len(group)} | " + " | ".join(cell(group[f"{key} after"]) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def adversarial_curves(jobs: pd.DataFrame, arm: str, metric: str) -> pd.DataFrame:
+    """[adversarial step x seed] of `metric` for one arm."""
+    curves = {}
+    for _, job in jobs[jobs.arm == arm].iterrows():
+        metrics = pd.read_csv(job.job / "metrics.csv")
+        adversarial = metrics[metrics["train/phase"] == ADVERSARIAL]
+        curves[job.seed] = adversarial[metric].reset_index(drop=True)
+    return pd.DataFrame(curves)
+
+
+def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
+    arms = sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.38
+    for k, split in enumerate(SPLITS):
+        key = f"toy accuracy ({split}) after"
+        means = [jobs[jobs.arm == a][key].mean() for a in arms]
+        xs = [i + (k - 0.5) * width for i in range(len(arms))]
+        ax.bar(xs, means, width, label=split.replace("_", " "))
+        for x, arm in zip(xs, arms):
+            ax.scatter([x] * len(jobs[jobs.arm == arm]), jobs[jobs.arm == arm][key], color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("toy accuracy (greedy)")
+    ax.set_title("held-out toy accuracy after training (bars: mean over seeds; dots: seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_on_vs_off_policy(jobs: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, (metric, label) in zip(axes, [("train/response_len", "student response length (tokens)"),
+                                           ("train/reward_mean", "reward (D score of student samples)")]):
+        for arm in ("gad", "off_policy"):
+            if arm not in set(jobs.arm):
+                continue
+            curves = adversarial_curves(jobs, arm, metric)
+            mean = curves.mean(axis=1)
+            ax.plot(mean.index + 1, mean, label=f"{arm} (mean of {curves.shape[1]} seeds)")
+            ax.fill_between(mean.index + 1, curves.min(axis=1), curves.max(axis=1), alpha=0.2)
+        if metric == "train/response_len":
+            teacher = adversarial_curves(jobs, "gad", "train/teacher_len").mean(axis=1)
+            ax.plot(teacher.index + 1, teacher, "k:", label="teacher (on gad's prompts)")
+        ax.set_xlabel("adversarial step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle("on-policy GAD vs the off-policy (frozen) discriminator: band = min..max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="outputs/toy_evidence/multiruns/<time>")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the sweep folder)")
+    args = parser.parse_args()
+    with exit_on_user_error():
+        if not args.sweep_dir.is_dir():
+            raise GADError(f"{args.sweep_dir}: no such sweep folder")
+        jobs = load_jobs(args.sweep_dir)
+        out = args.out or args.sweep_dir
+        out.mkdir(parents=True, exist_ok=True)
+        print(results_table(jobs))
+        plot_accuracy(jobs, out / "evidence_accuracy.png")
+        plot_on_vs_off_policy(jobs, out / "evidence_on_vs_off_policy.png")
+        print(f"\nfigures: {out / 'evidence_accuracy.png'}, {out / 'evidence_on_vs_off_policy.png'}")
+
+
+if __name__ == "__main__":
+    main()
