@@ -9,9 +9,11 @@ same prompts, prompts per step, group size, length budget, temperature, KL coeff
 rate, gradient clipping and one update per rollout. On the TRL side a frozen sequence classifier of
 the discriminator's size (the student's trunk plus a one-logit head, `num_labels=1`) stands in for
 GAD's discriminator as the reward model. GAD's step does more work: it also trains that discriminator
-(forward and backward on teacher and student responses, and an optimizer step).
+(forward and backward on teacher and student responses, and an optimizer step). A third row times
+this project's step with the discriminator frozen (`method.off_policy=true`, the off-policy
+ablation's adversarial phase): TRL's work, plus D scoring the teacher's responses (no gradient).
 
-Prints seconds per step and generated tokens per second for both, and their ratio.
+Prints seconds per step and generated tokens per second for each, and the ratios to TRL.
 """
 
 from __future__ import annotations
@@ -113,8 +115,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg, module, gad_rows = time_adversarial_steps(args.overrides, args.steps, args.skip)
+    _, _, frozen_rows = time_adversarial_steps([*args.overrides, "method.off_policy=true"], args.steps, args.skip)
     trl_rows = trl_grpo_steps(cfg, args.steps, args.skip)
     gad_step, gad_tps = summarise(gad_rows)
+    frozen_step, frozen_tps = summarise(frozen_rows)
     trl_step, trl_tps = summarise(trl_rows)
 
     m = cfg.method
@@ -124,8 +128,10 @@ def main() -> None:
     for column in ("", "s / step", "generated tokens / s"):
         table.add_column(column, justify="right" if column else "left")
     table.add_row("this project: GAD adversarial step (trains G and D)", f"{gad_step:.3f}", f"{gad_tps:.0f}")
+    table.add_row("this project: D frozen (trains G; off_policy=true)", f"{frozen_step:.3f}", f"{frozen_tps:.0f}")
     table.add_row("TRL GRPOTrainer step (trains G; frozen reward model)", f"{trl_step:.3f}", f"{trl_tps:.0f}")
-    table.add_row("ratio, this project / TRL", f"{gad_step / trl_step:.2f}", f"{gad_tps / trl_tps:.2f}")
+    table.add_row("ratio, GAD step / TRL", f"{gad_step / trl_step:.2f}", f"{gad_tps / trl_tps:.2f}")
+    table.add_row("ratio, D frozen / TRL (the same work)", f"{frozen_step / trl_step:.2f}", f"{frozen_tps / trl_tps:.2f}")
     Console().print(table)
 
 

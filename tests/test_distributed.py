@@ -41,12 +41,15 @@ def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
     assert not (tmp_path / "logs").exists()  # no rank re-ran the sweep into a folder of its own
 
 
-def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
+def test_a_failed_job_does_not_stop_a_sweep_under_fsdp(tmp_path):
     # The default sweep folder (outputs/train/multiruns/<time>, under the project root) as users get it.
-    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", f"paths.data_dir={ROOT / 'data'}",
+    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", "trainer=fsdp_cpu", f"paths.data_dir={ROOT / 'data'}",
                      f"paths.cache_dir={tmp_path}/cache", *FAST, env={"PROJECT_ROOT": str(tmp_path)})
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert proc.returncode == 2
     assert "error: method.temperature=0 is invalid" in proc.stderr and "Traceback" not in proc.stderr
     rows = {r["method.temperature"]: r["status"] for r in csv.DictReader(open(sweep / "sweep_summary.csv"))}
     assert rows == {"0": "failed or running", "0.8": "done"}
+    assert {p.name for p in (tmp_path / "outputs" / "train").iterdir()} == {"multiruns"}  # no rank re-ran the sweep
+    assert {p.name for p in sweep.iterdir()} == {"0", "1", "multirun.yaml", "sweep_summary.csv", "sweep_summary.png"}
+    assert (sweep / "1" / "student" / "model.safetensors").is_file()  # the FSDP job's export, in its own folder
