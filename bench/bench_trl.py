@@ -13,6 +13,11 @@ GAD's discriminator as the reward model. GAD's step does more work: it also trai
 this project's step with the discriminator frozen (`method.off_policy=true`, the off-policy
 ablation's adversarial phase): TRL's work, plus D scoring the teacher's responses (no gradient).
 
+Both sides train at a negligible learning rate (`--lr`, 1e-9 by default): every forward, backward
+and optimizer step still runs, but the policies stay at their shared initialisation, so both sample
+responses of the same length distribution. (At the toy rates the two policies drift apart within a
+few steps, and a side whose samples got shorter would look faster for it.)
+
 Prints seconds per step and generated tokens per second for each, and the ratios to TRL.
 """
 
@@ -111,11 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed steps on each side")
     parser.add_argument("--skip", type=int, default=3, help="untimed steps first on each side (warm-up)")
+    parser.add_argument("--lr", type=float, default=1e-9, help="learning rate of every trained network, both sides")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
 
-    cfg, module, gad_rows = time_adversarial_steps(args.overrides, args.steps, args.skip)
-    _, _, frozen_rows = time_adversarial_steps([*args.overrides, "method.off_policy=true"], args.steps, args.skip)
+    overrides = [f"method.generator_optimizer.lr={args.lr}", f"method.discriminator_optimizer.lr={args.lr}", *args.overrides]
+    cfg, module, gad_rows = time_adversarial_steps(overrides, args.steps, args.skip)
+    _, _, frozen_rows = time_adversarial_steps([*overrides, "method.off_policy=true"], args.steps, args.skip)
     trl_rows = trl_grpo_steps(cfg, args.steps, args.skip)
     gad_step, gad_tps = summarise(gad_rows)
     frozen_step, frozen_tps = summarise(frozen_rows)
@@ -123,7 +130,7 @@ def main() -> None:
 
     m = cfg.method
     table = Table(title=f"mean of {args.steps} steps after {args.skip} untimed: {cfg.data.batch_size} prompts x "
-                        f"{m.num_samples} samples, <= {m.max_new_tokens} new tokens, T={m.temperature}, "
+                        f"{m.num_samples} samples, <= {m.max_new_tokens} new tokens, T={m.temperature}, lr {args.lr:g}, "
                         f"device {module.device}, torch threads {torch.get_num_threads()}")
     for column in ("", "s / step", "generated tokens / s"):
         table.add_column(column, justify="right" if column else "left")

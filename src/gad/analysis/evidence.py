@@ -5,9 +5,9 @@
 
 Reads every finished job of the sweep (its arm and seed from `.hydra/overrides.yaml`, held-out
 results from `summary.json`, per-step metrics from `metrics.csv`), prints a Markdown table of
-mean +- standard deviation over seeds per arm, and writes two figures: held-out accuracy per
-arm, and response length and reward over the adversarial phase (on-policy GAD vs the frozen
-discriminator).
+mean +- standard deviation over seeds per arm and a table of reward and length over the
+adversarial phase, and writes two figures: held-out accuracy per arm, and response length and
+reward over the adversarial phase (on-policy GAD vs the frozen discriminator).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def load_jobs(sweep_dir: Path) -> pd.DataFrame:
         row = {"job": job, "arm": overrides.get("arm", "gad"), "seed": int(overrides.get("seed", 1234))}
         for name, values in json.loads(summary.read_text()).get("results", {}).items():
             row.update({f"{name} {when}": value for when, value in values.items()})
+        # The student's NLL of held-out teacher responses after training (the sweep's optimised metric).
+        row["val/nll after"] = pd.read_csv(job / "metrics.csv")["val/nll"].dropna().iloc[-1]
         rows.append(row)
     if not rows:
         raise GADError(f"{sweep_dir}: no finished jobs (no <job>/summary.json); is it a sweep folder?")
@@ -52,6 +54,7 @@ def results_table(jobs: pd.DataFrame) -> str:
     """Markdown: per arm, mean +- std over seeds of accuracy and length ratio on each split."""
     columns = [(f"toy accuracy ({s})", f"acc {s.replace('_', ' ')}") for s in SPLITS]
     columns += [(f"len / teacher ({s})", f"len/teacher {s.replace('_', ' ')}") for s in SPLITS]
+    columns += [("val/nll", "val NLL")]
     header = "| arm | seeds | " + " | ".join(label for _, label in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
 
@@ -59,7 +62,8 @@ def results_table(jobs: pd.DataFrame) -> str:
         return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
 
     before = jobs.drop_duplicates("seed")
-    lines.append(f"| before (initial student) | {len(before)} | " + " | ".join(cell(before[f"{key} before"]) for key, _ in columns) + " |")
+    lines.append(f"| before (initial student) | {len(before)} | " + " | ".join(
+        cell(before[f"{key} before"]) if f"{key} before" in before else "-" for key, _ in columns) + " |")
     for arm in sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
         group = jobs[jobs.arm == arm]
         lines.append(f"| {arm} | {len(group)} | " + " | ".join(cell(group[f"{key} after"]) for key, _ in columns) + " |")
@@ -74,6 +78,21 @@ def adversarial_curves(jobs: pd.DataFrame, arm: str, metric: str) -> pd.DataFram
         adversarial = metrics[metrics["train/phase"] == ADVERSARIAL]
         curves[job.seed] = adversarial[metric].reset_index(drop=True)
     return pd.DataFrame(curves)
+
+
+def adversarial_table(jobs: pd.DataFrame) -> str:
+    """Markdown: reward and length over the adversarial phase, mean over seeds, on-policy vs frozen D."""
+    lines = ["| arm | reward, steps 1-5 | reward, steps 11-20 | reward, last 15 | length, last 15 | teacher length, last 15 |",
+             "|---|---|---|---|---|---|"]
+    for arm in ("gad", "off_policy"):
+        if arm not in set(jobs.arm):
+            continue
+        reward = adversarial_curves(jobs, arm, "train/reward_mean").mean(axis=1)
+        length = adversarial_curves(jobs, arm, "train/response_len").mean(axis=1)
+        teacher = adversarial_curves(jobs, arm, "train/teacher_len").mean(axis=1)
+        lines.append(f"| {arm} | {reward[:5].mean():.2f} | {reward[10:20].mean():.2f} | {reward[-15:].mean():.2f} "
+                     f"| {length[-15:].mean():.2f} | {teacher[-15:].mean():.2f} |")
+    return "\n".join(lines)
 
 
 def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
@@ -131,6 +150,8 @@ def main() -> None:
         out = args.out or args.sweep_dir
         out.mkdir(parents=True, exist_ok=True)
         print(results_table(jobs))
+        print()
+        print(adversarial_table(jobs))
         plot_accuracy(jobs, out / "evidence_accuracy.png")
         plot_on_vs_off_policy(jobs, out / "evidence_on_vs_off_policy.png")
         print(f"\nfigures: {out / 'evidence_accuracy.png'}, {out / 'evidence_on_vs_off_policy.png'}")

@@ -1,0 +1,77 @@
+"""The toy evidence: each arm composes to the delta it names, and the report aggregates seeds correctly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, assert_one_line_error
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from gad.analysis.evidence import adversarial_table, load_jobs, results_table
+from gad.config import validate
+
+ARMS = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
+
+
+def test_each_arm_changes_exactly_what_it_names():
+    base = OmegaConf.to_container(composed("experiment=toy_evidence", "arm=gad").method, resolve=True)
+    changed = {}
+    for arm in ARMS:
+        cfg = composed("experiment=toy_evidence", f"arm={arm}")
+        validate(cfg)
+        method = OmegaConf.to_container(cfg.method, resolve=True)
+        changed[arm] = {k: v for k, v in method.items() if base.get(k) != v}
+        assert cfg.callbacks.toy_accuracy.limit == 200  # every prompt of each split
+    assert changed["gad"] == {}
+    assert changed["seqkd"]["_target_"] == "gad.methods.SeqKDModule" and changed["seqkd"]["steps"] == 160
+    assert changed["off_policy"] == {"off_policy": True, "off_policy_d_steps": base["adversarial_steps"]}
+    assert changed["no_g_warmup"] == {"generator_warmup": False}
+    assert changed["no_d_warmup"] == {"discriminator_warmup": False}
+    assert changed["bce"] == {"d_loss": "bce"}
+
+
+def fake_job(sweep, job: int, arm: str, seed: int, accuracy: float, rewards: list[float]) -> None:
+    """A finished job folder as a sweep leaves it: overrides, summary.json, metrics.csv."""
+    folder = sweep / str(job)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- arm={arm}\n- seed={seed}\n")
+    results = {f"toy accuracy ({s})": {"before": 0.0, "after": accuracy} for s in ("in_dist", "out_of_dist")}
+    results |= {f"len / teacher ({s})": {"before": 9.0, "after": 1.0} for s in ("in_dist", "out_of_dist")}
+    (folder / "summary.json").write_text(json.dumps({"phases": {}, "results": results}))
+    rows = ["train/phase,train/reward_mean,train/response_len,train/teacher_len,val/nll", "0.0,-1,5,4,"]
+    rows += [f"1.0,{r},4,4," for r in rewards] + [",,,,1.5"]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_the_report_gives_mean_and_spread_over_seeds(tmp_path):
+    for job, (arm, seed, acc) in enumerate([("gad", 1, 0.1), ("gad", 2, 0.3), ("seqkd", 1, 0.2), ("seqkd", 2, 0.2)]):
+        fake_job(tmp_path, job, arm, seed, acc, rewards=[float(seed)] * 20)
+    (tmp_path / "4").mkdir()  # a job that never finished: left out
+    jobs = load_jobs(tmp_path)
+    assert len(jobs) == 4
+    table = results_table(jobs).splitlines()
+    assert table[3].startswith("| gad | 2 | 0.200 ± 0.141 | 0.200 ± 0.141 | 1.000 ± 0.000")
+    assert table[4].startswith("| seqkd | 2 | 0.200 ± 0.000")
+    assert "| gad | 1.50 | 1.50 | 1.50 | 4.00 | 4.00 |" in adversarial_table(jobs)  # only adversarial rows count
+
+
+def test_a_folder_without_finished_jobs_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "gad.analysis.evidence", str(tmp_path)], capture_output=True, text=True)
+    assert_one_line_error(proc, "no finished jobs")
+
+
+@pytest.mark.parametrize("arm", ["gad", "seqkd"])
+def test_arms_are_named_in_the_experiment_sweep(arm):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy_evidence"], return_hydra_config=True)
+    assert arm in cfg.hydra.sweeper.params.arm.split(",") and cfg.hydra.sweeper.params.seed == "1,2,3"
