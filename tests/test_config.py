@@ -87,3 +87,13 @@ def test_cfg_job_prints_the_composed_experiment():
     proc = run_entry("train.py", "experiment=gad_llama8b", "--cfg", "job")
     assert proc.returncode == 0, proc.stderr
     assert "meta-llama/Llama-3.1-8B-Instruct" in proc.stdout and "<|finetune_right_pad_id|>" in proc.stdout
+
+
+@pytest.mark.parametrize("trainer", sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml")))
+def test_every_trainer_composes_with_the_main_experiment(trainer):
+    cfg = composed("experiment=gad_qwen7b", f"trainer={trainer}")
+    validate(cfg)
+    strategy = cfg.trainer.strategy
+    expected = {"ddp": "TwoNetworkDDPStrategy", "ddp_cpu": "TwoNetworkDDPStrategy", "fsdp": "TwoNetworkFSDPStrategy",
+                "fsdp_cpu": "TwoNetworkFSDPStrategy"}.get(trainer)
+    assert (strategy == "auto") if expected is None else strategy._target_ == f"gad.distributed.{expected}"
