@@ -178,6 +178,8 @@ def gathered(model: torch.nn.Module, reshard_after_forward: bool = True) -> Iter
         yield
     finally:
         model.set_reshard_after_forward(reshard_after_forward)
+        # FSDP keeps the root unit gathered after forward (backward needs it at once): restore that too.
+        model.set_reshard_after_forward(False, recurse=False)
         for unit in model.modules():
             if isinstance(unit, FSDPModule):
                 unit.reshard()

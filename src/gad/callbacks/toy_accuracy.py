@@ -23,7 +23,7 @@ class ToyAccuracy(L.Callback):
     def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
         out = {}
         for name, records in self.splits.items():
-            with gathered(pl_module.generator):
+            with gathered(pl_module.generator, getattr(pl_module, "reshard_after_forward", True)):
                 texts = generate_texts(
                     pl_module.generator, pl_module.tokenizer, [r["messages"] for r in records],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,

@@ -61,6 +61,7 @@ class DistillModule(L.LightningModule):
         # Set by gad.distributed.TwoNetworkDDPStrategy: name -> that network in its own DDP wrapper.
         self.wrapped: dict[str, torch.nn.Module] = {}
         self.completed_steps = 0
+        self.reshard_after_forward = True  # under FSDP: the strategy's setting (configure_model)
         self.timings: dict[str, float] = {}
         self.val_nll = MeanMetric()
         eos = student.generation_config.eos_token_id
@@ -111,7 +112,7 @@ class DistillModule(L.LightningModule):
         `self.rollout_batch_size`.
         """
         devices = [self.device] if self.device.type == "cuda" else []
-        with self.timed("rollout"), torch.random.fork_rng(devices=devices), gathered(self.generator):
+        with self.timed("rollout"), torch.random.fork_rng(devices=devices), gathered(self.generator, self.reshard_after_forward):
             torch.manual_seed(self.rollout_seed())
             return sample(
                 self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
@@ -134,9 +135,9 @@ class DistillModule(L.LightningModule):
         """Under `gad.distributed.TwoNetworkFSDPStrategy`, shard every network with FSDP2."""
         if self.device_mesh is None or self.sharded:  # not FSDP, or already sharded (validate after fit)
             return
-        reshard = getattr(self.trainer.strategy, "reshard_after_forward", True)
+        self.reshard_after_forward = getattr(self.trainer.strategy, "reshard_after_forward", True)
         for module in [*(net.module for net in self.networks.values()), *self.frozen_networks()]:
-            shard(module, self.device_mesh["data_parallel"], reshard_after_forward=reshard)
+            shard(module, self.device_mesh["data_parallel"], reshard_after_forward=self.reshard_after_forward)
 
     # ------------------------------------------------------------ optimisation
 
