@@ -48,3 +48,12 @@ def test_a_checkpoint_resumes_exactly_under_either_strategy(runs, written_under,
     column = steps[0].index("train/step")
     assert [float(row[column]) for row in steps[1:] if row[column]] == [5.0, 6.0]  # it went on, not over
     assert max_difference(student(resumed), student(runs[written_under])) < 1e-6
+
+
+def test_lora_adapters_train_under_fsdp(tmp_path):
+    # peft's generate() bypasses its wrapper's forward, so the wrapped model must be the FSDP root.
+    run = train(tmp_path, "trainer=fsdp_cpu", "debug=ranks", "model.lora.generator=true", "model.lora.discriminator=true")
+    ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    exported = student(run)
+    assert not any("lora" in key for key in exported)  # merged into plain weights

@@ -36,6 +36,8 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
+from gad.models import has_lora
+
 LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -155,11 +157,19 @@ def shard(model: torch.nn.Module, mesh, reshard_after_forward: bool = True) -> N
     for module in model.modules():
         if type(module).__name__ in blocks:
             fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    # A peft wrapper's generate() calls the wrapped model's directly, past the wrapper's forward hooks:
+    # the root unit is the wrapped model, whose forward every path runs through.
+    root = model.get_base_model() if has_lora(model) else model
+    fully_shard(root, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
+def fsdp_root(model: torch.nn.Module) -> FSDPModule | None:
+    """The outermost FSDP unit in `model` (itself, or the model inside a LoRA wrapper), if sharded."""
+    return next((m for m in model.modules() if isinstance(m, FSDPModule)), None)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    return fsdp_root(model) is not None
 
 
 @contextlib.contextmanager
@@ -170,17 +180,18 @@ def gathered(model: torch.nn.Module, reshard_after_forward: bool = True) -> Iter
     whole model once per token. Gathered once, decoding costs what it does under DDP, and
     the full weights live only while the block runs.
     """
-    if not is_sharded(model):
+    root = fsdp_root(model)
+    if root is None:
         yield
         return
-    model.set_reshard_after_forward(False)
+    root.set_reshard_after_forward(False)
     try:
         yield
     finally:
-        model.set_reshard_after_forward(reshard_after_forward)
+        root.set_reshard_after_forward(reshard_after_forward)
         # FSDP keeps the root unit gathered after forward (backward needs it at once): restore that too.
-        model.set_reshard_after_forward(False, recurse=False)
-        for unit in model.modules():
+        root.set_reshard_after_forward(False, recurse=False)
+        for unit in root.modules():
             if isinstance(unit, FSDPModule):
                 unit.reshard()
 
