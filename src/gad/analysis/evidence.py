@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="outputs/toy_evidence/multiruns/<time>")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the sweep folder)")
+    parser.add_argument("--prefix", default="evidence", help="figure names: <prefix>_accuracy.png, <prefix>_on_vs_off_policy.png")
     args = parser.parse_args()
     with exit_on_user_error():
         if not args.sweep_dir.is_dir():
@@ -152,9 +153,10 @@ def main() -> None:
         print(results_table(jobs))
         print()
         print(adversarial_table(jobs))
-        plot_accuracy(jobs, out / "evidence_accuracy.png")
-        plot_on_vs_off_policy(jobs, out / "evidence_on_vs_off_policy.png")
-        print(f"\nfigures: {out / 'evidence_accuracy.png'}, {out / 'evidence_on_vs_off_policy.png'}")
+        figures = out / f"{args.prefix}_accuracy.png", out / f"{args.prefix}_on_vs_off_policy.png"
+        plot_accuracy(jobs, figures[0])
+        plot_on_vs_off_policy(jobs, figures[1])
+        print(f"\nfigures: {figures[0]}, {figures[1]}")
 
 
 if __name__ == "__main__":
