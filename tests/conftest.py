@@ -59,3 +59,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+# The slowest files first: pytest-xdist (--dist loadfile, --no-loadscope-reorder) hands out files in
+# collection order, so these start at once and the many quick files fill in around them. (Its default
+# order, by number of tests, left these few-test, multi-process files for last and a long tail.)
+SLOWEST_FILES = ["test_fsdp.py", "test_distributed.py", "test_train.py", "test_eval.py", "test_lora.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FILES)))  # stable: the rest keep their order

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_one_line_error, run_entry

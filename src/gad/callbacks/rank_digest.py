@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from gad.distributed import full_tensor
 
