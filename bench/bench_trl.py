@@ -5,7 +5,7 @@
     python bench/bench_trl.py --steps 20 trainer=gpu model=qwen2.5-0.5b ...   # any overrides
 
 Both sides get the same student (architecture, initial weights, tokenizer and chat template), the
-same prompts, prompts per step, group size, length budget, temperature, KL coefficient, learning
+same prompt set (each side draws its own batches), prompts per step, group size, length budget, temperature, KL coefficient, learning
 rate, gradient clipping and one update per rollout. On the TRL side a frozen sequence classifier of
 the discriminator's size (the student's trunk plus a one-logit head, `num_labels=1`) stands in for
 GAD's discriminator as the reward model. GAD's step does more work: it also trains that discriminator
