@@ -42,8 +42,9 @@ def load_jobs(sweep_dir: Path) -> pd.DataFrame:
         row = {"job": job, "arm": overrides.get("arm", "gad"), "seed": int(overrides.get("seed", 1234))}
         for name, values in json.loads(summary.read_text()).get("results", {}).items():
             row.update({f"{name} {when}": value for when, value in values.items()})
+        row["metrics"] = pd.read_csv(job / "metrics.csv")  # read once; the curves come from it too
         # The student's NLL of held-out teacher responses after training (the sweep's optimised metric).
-        row["val/nll after"] = pd.read_csv(job / "metrics.csv")["val/nll"].dropna().iloc[-1]
+        row["val/nll after"] = row["metrics"]["val/nll"].dropna().iloc[-1]
         rows.append(row)
     if not rows:
         raise GADError(f"{sweep_dir}: no finished jobs (no <job>/summary.json); is it a sweep folder?")
@@ -74,8 +75,7 @@ def adversarial_curves(jobs: pd.DataFrame, arm: str, metric: str) -> pd.DataFram
     """[adversarial step x seed] of `metric` for one arm."""
     curves = {}
     for _, job in jobs[jobs.arm == arm].iterrows():
-        metrics = pd.read_csv(job.job / "metrics.csv")
-        adversarial = metrics[metrics["train/phase"] == ADVERSARIAL]
+        adversarial = job.metrics[job.metrics["train/phase"] == ADVERSARIAL]
         curves[job.seed] = adversarial[metric].reset_index(drop=True)
     return pd.DataFrame(curves)
 
