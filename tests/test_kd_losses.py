@@ -235,11 +235,11 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
     module = kd(tok, teacher_dir, alpha=0.0, on_policy=False, temperature=2.0, teacher={"top_k": top_k})
     metrics = module.kd_backward(batch, 0.0)
 
-    ids, attn = module.teacher_sequences(batch)
     targets, mask = batch["response_ids"], batch["response_mask"].numpy()
     with torch.no_grad():
-        zs = module.response_logprobs(module.generator, ids, attn, targets, with_logits=True)[1].double().numpy()
-        zt = module.response_logprobs(module.teacher.model, ids, attn, targets, with_logits=True)[1].double().numpy()
+        parts = batch["prompt_ids"], batch["prompt_mask"], targets, batch["response_mask"]
+        zs = module.response_logprobs(module.generator, *parts, with_logits=True)[1].double().numpy()
+        zt = module.response_logprobs(module.teacher.model, *parts, with_logits=True)[1].double().numpy()
     per_token = np.zeros(mask.shape)
     for b, r in zip(*np.nonzero(mask)):
         if top_k is None:
@@ -271,8 +271,8 @@ def test_on_policy_kl_is_on_the_students_samples(world):
     rollout = module.rollout(batch)  # the same seed and step: the same samples
     assert metrics["train/response_len"].item() == rollout.lengths.float().mean().item()
     with torch.no_grad():
-        zs = module.response_logprobs(module.generator, rollout.input_ids, rollout.attention_mask, rollout.response_ids,
-                                      with_logits=True)[1]
+        zs = module.response_logprobs(module.generator, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                      rollout.response_mask, with_logits=True)[1]
         kl = module.token_kl(module.teacher.score(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1)), zs)
     assert metrics["train/kl"].item() == pytest.approx((masked_sum(kl, rollout.response_mask) / rollout.lengths.sum()).item(), rel=1e-5)
     assert metrics["train/loss"].item() == pytest.approx(0.5 * metrics["train/sft_loss"].item() + 0.5 * 4 * metrics["train/kl"].item(), rel=1e-6)

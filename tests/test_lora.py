@@ -148,7 +148,7 @@ def test_adapters_get_gradients_under_gradient_checkpointing():
     module = build_module(cfg).train()
     ids = torch.tensor([[1, 70, 100, 32, 50, 51, 258, 2, 80]])
     g = module.generator(input_ids=ids).logits.square().mean()
-    d = module.discriminator(ids, torch.ones_like(ids), torch.tensor([8])).sum()
+    d = module.discriminator(ids[:, :6], torch.ones(1, 6), ids[:, 6:], torch.ones(1, 3)).sum()
     (g + d).backward()
     for name, net in module.networks.items():
         trained = [(n, p) for n, p in net.module.named_parameters() if p.requires_grad]

@@ -1,8 +1,8 @@
 """The three networks of GAD: student (generator), discriminator, frozen reference.
 
 The discriminator is a copy of the student's trunk plus a linear head hidden -> 1 that reads
-the hidden state of the last response token. The index is passed explicitly rather than
-inferred from padding, so a response that ends with a token equal to the pad id (Qwen's
+the hidden state of the last response token. That token is found from the response mask, not
+from padding, so a response that ends with a token equal to the pad id (Qwen's
 <|endoftext|> is both) is still scored at the right place.
 
 LoRA (`model.lora`, the optional `peft` library): the generator and/or the discriminator's
@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from gad.errors import GADError
-from gad.losses import position_ids
+from gad.prompt_sharing import forward_after_prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -211,13 +211,15 @@ class Discriminator(nn.Module):
         trunk = copy.deepcopy(student.base_model)
         return cls(trunk, student.config.get_text_config().hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor) -> torch.Tensor:
-        """Scores [B] read at `score_index` [B] (the last response token of each row)."""
-        hidden = self.trunk(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
-        last = hidden[torch.arange(hidden.size(0), device=hidden.device), score_index]
+    def forward(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+        response_mask: torch.Tensor, group_size: int = 1,
+    ) -> torch.Tensor:
+        """Scores [rows] of `[pad.. prompt | response ..pad]` rows, read at each last response token.
+
+        `group_size` > 1: consecutive rows share their prompt, which runs once per group.
+        """
+        hidden = forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask, group_size)
+        # hidden[:, 0] is the last prompt token, so the last response token sits at index `length`.
+        last = hidden[torch.arange(hidden.size(0), device=hidden.device), response_mask.sum(-1)]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)

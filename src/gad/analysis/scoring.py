@@ -109,10 +109,8 @@ class DiscriminatorScorer:
     @torch.no_grad()
     def score_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         """D scores [B] of one collated batch, read at each row's last response token."""
-        ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1).to(self.device)
-        mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1).to(self.device)
-        last = batch["prompt_ids"].size(1) + batch["response_mask"].sum(-1).to(self.device) - 1
-        return self.discriminator(ids, mask, last).float().cpu()
+        parts = (batch[k].to(self.device) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask"))
+        return self.discriminator(*parts).float().cpu()
 
     def score(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int = 16, rendered: bool = False) -> list[float]:
         """D's score of each (prompt, response) pair, in input order, `batch_size` pairs per forward.

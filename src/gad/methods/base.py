@@ -19,9 +19,10 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
-from gad.losses import masked_sum, position_ids, token_logprobs
+from gad.losses import masked_sum, token_logprobs
 from gad.methods.optim import NetworkOptim
 from gad.models import LoraSettings, has_lora, plain_from_state
+from gad.prompt_sharing import forward_after_prompt
 from gad.rollout import Rollout, sample
 
 
@@ -181,37 +182,32 @@ class DistillModule(L.LightningModule):
     # ------------------------------------------------------------ the student on teacher text
 
     def response_logprobs(
-        self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor,
-        temperature: float = 1.0, with_logits: bool = False,
+        self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+        response_mask: torch.Tensor, temperature: float = 1.0, with_logits: bool = False, group_size: int = 1,
     ):
-        """log q(response token | prefix) for sequences laid out `[pad.. prompt | response ..pad]`.
+        """log q(response token | prefix) [rows, R] for rows `[pad.. prompt | response ..pad]`.
 
         Only the last R+1 positions go through the LM head (`logits_to_keep`), since the
-        prompt's own predictions are never used.
+        prompt's own predictions are never used. `group_size` > 1: consecutive rows share
+        their prompt, which then runs once per group (gad.prompt_sharing).
         """
-        width = response_ids.size(1)
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-            logits_to_keep=width + 1, use_cache=False,
-        ).logits[:, :-1]
+        logits = forward_after_prompt(
+            model, prompt_ids, prompt_mask, response_ids, response_mask, group_size=group_size,
+            logits_to_keep=response_ids.size(1) + 1,
+        )[:, :-1]
         logp = token_logprobs(logits, response_ids, temperature)
         return (logp, logits) if with_logits else logp
 
-    def teacher_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
-        mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
-        return ids, mask
-
     def sft_backward(self, batch: dict[str, Any], weight: float = 1.0) -> torch.Tensor:
         """Backpropagate `weight` x token-mean cross-entropy on the teacher responses; returns the CE."""
-        ids, attn = self.teacher_sequences(batch)
+        prompts, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
         targets, mask = batch["response_ids"], batch["response_mask"]
         total = mask.sum().clamp(min=1)
         ce = torch.zeros((), device=self.device)
-        chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+        chunks = list(micro_batches(targets.size(0), self.micro_batch_size))
         for i, sl in enumerate(chunks):
             with self.network("generator", sync=i == len(chunks) - 1) as generator:
-                logp = self.response_logprobs(generator, ids[sl], attn[sl], targets[sl])
+                logp = self.response_logprobs(generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl])
                 loss = -masked_sum(logp, mask[sl]) / total
                 self.manual_backward(weight * loss)
             ce += loss.detach()
@@ -226,9 +222,8 @@ class DistillModule(L.LightningModule):
     # ------------------------------------------------------------ validation: needs no API
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        ids, attn = self.teacher_sequences(batch)
-        logp = self.response_logprobs(self.generator, ids, attn, batch["response_ids"])
         mask = batch["response_mask"]
+        logp = self.response_logprobs(self.generator, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], mask)
         tokens = mask.sum()
         self.val_nll.update(-masked_sum(logp, mask) / tokens.clamp(min=1), weight=tokens)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gad import losses
 from gad.methods.base import DistillModule, micro_batches
@@ -39,6 +40,29 @@ class Scores:
 
     teacher: torch.Tensor
     student: torch.Tensor
+
+
+def teacher_then_samples(
+    batch: dict[str, Any], rollout: Rollout, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D's rows: per prompt, its teacher response, then its N samples ([B * (N + 1), ...] each).
+
+    Returns prompt ids and mask (each prompt repeated N + 1 times), responses right-padded to
+    a common width with `pad_id`, and their masks.
+    """
+    n = rollout.num_samples
+    width = max(batch["response_ids"].size(1), rollout.response_ids.size(1))
+
+    def grouped(teacher: torch.Tensor, student: torch.Tensor, fill: int) -> torch.Tensor:
+        teacher = F.pad(teacher, (0, width - teacher.size(1)), value=fill)
+        student = F.pad(student, (0, width - student.size(1)), value=fill)
+        return torch.cat([teacher.unsqueeze(1), student.view(-1, n, width)], dim=1).flatten(0, 1)
+
+    prompt_ids = batch["prompt_ids"].repeat_interleave(n + 1, dim=0)
+    prompt_mask = batch["prompt_mask"].repeat_interleave(n + 1, dim=0)
+    responses = grouped(batch["response_ids"], rollout.response_ids, pad_id)
+    response_mask = grouped(batch["response_mask"], rollout.response_mask, 0)
+    return prompt_ids, prompt_mask, responses, response_mask
 
 
 class GADModule(DistillModule):
@@ -65,6 +89,7 @@ class GADModule(DistillModule):
         warmup_lr: float | None = None,
         micro_batch_size: int = 8,
         rollout_batch_size: int = 64,
+        share_prompt: bool = True,
         generator_optimizer,
         generator_scheduler,
         generator_grad_clip: float | None = 0.2,
@@ -95,6 +120,7 @@ class GADModule(DistillModule):
         self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
         self.off_policy, self.off_policy_d_steps = off_policy, off_policy_d_steps if off_policy else 0
         self.rollout_batch_size = rollout_batch_size
+        self.share_prompt = share_prompt
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
             temperature=temperature, top_p=top_p,
@@ -164,22 +190,22 @@ class GADModule(DistillModule):
         rewards, so D is never run twice on the same sequences.
         """
         n = self.num_samples
-        teacher_ids, teacher_mask = self.teacher_sequences(batch)
-        teacher_last = teacher_mask.size(1) - batch["response_mask"].size(1) + batch["response_mask"].sum(-1) - 1
-        student_ids, student_mask = rollout.input_ids, rollout.attention_mask
-        student_last = rollout.prompt_ids.size(1) + rollout.lengths - 1
-        prompts = teacher_ids.size(0)
+        prompts, prompt_mask, responses, response_mask = teacher_then_samples(batch, rollout, self.tokenizer.pad_token_id)
+        group = n + 1 if self.share_prompt else 1
+        num_prompts = batch["prompt_ids"].size(0)
         teacher_scores, student_scores, loss_total = [], [], torch.zeros((), device=self.device)
         with self.timed("d_step"), torch.set_grad_enabled(update):
             # Micro-batches hold whole prompt groups so each BT pair sits in one forward.
-            chunks = list(micro_batches(prompts, max(1, self.micro_batch_size // (n + 1))))
+            chunks = list(micro_batches(num_prompts, max(1, self.micro_batch_size // (n + 1))))
             for i, p in enumerate(chunks):
-                s = slice(p.start * n, p.stop * n)
+                rows = slice(p.start * (n + 1), p.stop * (n + 1))
                 with self.network("discriminator", sync=i == len(chunks) - 1) as discriminator:
                     discriminator = discriminator if update else self.discriminator
-                    t_score = discriminator(teacher_ids[p], teacher_mask[p], teacher_last[p])
-                    s_score = discriminator(student_ids[s], student_mask[s], student_last[s]).view(-1, n)
-                    loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / prompts
+                    score = discriminator(
+                        prompts[rows], prompt_mask[rows], responses[rows], response_mask[rows], group_size=group
+                    ).view(-1, n + 1)
+                    t_score, s_score = score[:, 0], score[:, 1:]
+                    loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / num_prompts
                     if update:
                         self.manual_backward(loss)
                 loss_total += loss.detach()
@@ -196,18 +222,16 @@ class GADModule(DistillModule):
     def policy_step(self, batch: dict[str, Any], rollout: Rollout, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         """PPO-clipped policy gradient on the rollout, rewarded by D, plus k3 KL and alpha x CE."""
         advantages = losses.group_advantages(rewards).reshape(-1, 1)
-        ids, attn, targets, mask = rollout.input_ids, rollout.attention_mask, rollout.response_ids, rollout.response_mask
+        mask = rollout.response_mask
         ref_logp = self.reference_logprobs(rollout) if self.reference is not None else None
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
         with self.timed("g_step"):
-            chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+            chunks = list(self.sample_chunks(rollout))
             for i, sl in enumerate(chunks):
                 # The last backward of the step all-reduces G's gradients (the CE term's, if any).
                 with self.network("generator", sync=i == len(chunks) - 1 and self.alpha == 0) as generator:
-                    logp, logits = self.response_logprobs(
-                        generator, ids[sl], attn[sl], targets[sl], self.temperature, with_logits=True
-                    )
+                    logp, logits = self.rollout_logprobs(generator, rollout, sl, with_logits=True)
                     # One update per rollout batch: the "old" policy is the current one, detached.
                     pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
                     per_token = pg
@@ -229,11 +253,23 @@ class GADModule(DistillModule):
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
         with self.timed("ref_forward"):
-            ids, attn, targets = rollout.input_ids, rollout.attention_mask, rollout.response_ids
-            return torch.cat([
-                self.response_logprobs(self.reference, ids[sl], attn[sl], targets[sl], self.temperature)
-                for sl in micro_batches(ids.size(0), self.micro_batch_size)
-            ])
+            return torch.cat([self.rollout_logprobs(self.reference, rollout, sl) for sl in self.sample_chunks(rollout)])
+
+    def sample_chunks(self, rollout: Rollout):
+        """Micro-batches of rollout rows; whole prompt groups when prompts are shared."""
+        if not self.share_prompt:
+            return micro_batches(rollout.response_ids.size(0), self.micro_batch_size)
+        n = self.num_samples
+        groups = micro_batches(rollout.response_ids.size(0) // n, max(1, self.micro_batch_size // n))
+        return (slice(g.start * n, g.stop * n) for g in groups)
+
+    def rollout_logprobs(self, model, rollout: Rollout, rows: slice, with_logits: bool = False):
+        """`model`'s log-probs of the sampled tokens [rows, R], at the sampling temperature."""
+        return self.response_logprobs(
+            model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows],
+            rollout.response_mask[rows], self.temperature, with_logits=with_logits,
+            group_size=self.num_samples if self.share_prompt else 1,
+        )
 
     # ------------------------------------------------------------ 5. what to watch
 

@@ -136,19 +136,23 @@ class KDModule(DistillModule):
 
         if self.on_policy:
             rollout = self.rollout(batch)
-            ids, attn, targets, mask = rollout.input_ids, rollout.attention_mask, rollout.response_ids, rollout.response_mask
+            prompts, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+            targets, mask = rollout.response_ids, rollout.response_mask
             metrics["train/response_len"] = rollout.lengths.float().mean()
         else:
-            ids, attn = self.teacher_sequences(batch)
+            prompts, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
             targets, mask = batch["response_ids"], batch["response_mask"]
             metrics["train/response_len"] = metrics["train/teacher_len"]
+        ids, attn = torch.cat([prompts, targets], dim=1), torch.cat([prompt_mask, mask], dim=1)
         shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
         for sl in micro_batches(ids.size(0), self.micro_batch_size):
             with self.timed("teacher"):
                 dists = self.teacher.score(ids[sl], attn[sl], targets.size(1))
-            logp, logits = self.response_logprobs(self.generator, ids[sl], attn[sl], targets[sl], with_logits=True)
+            logp, logits = self.response_logprobs(
+                self.generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
+            )
             kl = masked_sum(self.token_kl(dists, logits), mask[sl])
             loss = kl_weight * kl / total
             if shared_ce:

@@ -1,0 +1,70 @@
+"""One forward per prompt, not one per sample: the N responses of a group share their prompt.
+
+GAD runs D, G and the reference over every `[prompt | response]` row of a rollout, and the
+rows of a group repeat the same prompt N times (N + 1 for D, which also reads the teacher's
+response). Here the prompt goes through the network once, its keys and values are repeated
+across the group (`repeat_interleave` is differentiable: the prompt's gradient is summed over
+the group, as it is when every row recomputes it), and only the responses run per row.
+The outputs, and the gradients through them, equal the row-by-row forward's up to float
+rounding (tests/test_prompt_sharing.py). What it saves grows with prompt length / response
+length and with N.
+
+Transformers drops a KV cache under gradient checkpointing in training mode, so a network
+that trains with checkpointing on takes the row-by-row path (`can_share_prompt`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gad.losses import position_ids
+
+
+def can_share_prompt(model: nn.Module) -> bool:
+    """False where transformers would drop the prompt's cache: gradient checkpointing while training."""
+    model = getattr(model, "module", model)  # a DDP wrapper
+    # (transformers 5.23 renamed is_gradient_checkpointing, which now warns, to is_activation_checkpointing)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return not (model.training and checkpointing)
+
+
+def forward_after_prompt(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    continuation_ids: torch.Tensor,
+    continuation_mask: torch.Tensor,
+    group_size: int = 1,
+    **kwargs,
+) -> torch.Tensor:
+    """`model`'s output (logits, or hidden states of a bare trunk) at the last prompt position
+    and at each continuation position: [rows, 1 + C, ...].
+
+    Rows are `[pad.. prompt | continuation ..pad]` (prompts left-padded to P, continuations
+    right-padded to C); rows i*k .. i*k + k - 1 hold the same prompt when `group_size` = k > 1,
+    which then runs once. Pass `logits_to_keep` for a causal LM; it is ignored (one position
+    kept) for the shared prompt. Position 0 of the result predicts the first continuation token.
+    """
+    width, kept = prompt_ids.size(1), continuation_ids.size(1) + 1
+    mask = torch.cat([prompt_mask, continuation_mask], dim=1)
+    positions = position_ids(mask)
+    if group_size == 1 or width < 2 or not can_share_prompt(model):
+        out = model(input_ids=torch.cat([prompt_ids, continuation_ids], dim=1), attention_mask=mask,
+                    position_ids=positions, use_cache=False, **kwargs)
+        return out[0][:, -kept:]
+    unique = prompt_ids[::group_size]
+    if not torch.equal(prompt_ids, unique.repeat_interleave(group_size, dim=0)):
+        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
+    # The prompt minus its last token runs once per group; that token starts the per-row part, so
+    # every row's first output (which predicts its first continuation token) comes out of it.
+    head = unique[:, :-1], prompt_mask[::group_size, :-1]
+    prefix_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}
+    cache = model(input_ids=head[0], attention_mask=head[1], position_ids=position_ids(head[1]), use_cache=True,
+                  **prefix_kwargs).past_key_values
+    cache.batch_repeat_interleave(group_size)
+    out = model(input_ids=torch.cat([prompt_ids[:, -1:], continuation_ids], dim=1), attention_mask=mask,
+                position_ids=positions[:, width - 1 :], past_key_values=cache, use_cache=True, **kwargs)
+    return out[0]
