@@ -256,7 +256,8 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
 
     # the gradient is exactly that of T^2 x KL (CE is only logged at alpha = 0)
     kl_only = kd(tok, teacher_dir, alpha=0.0, on_policy=False, temperature=2.0, teacher={"top_k": top_k})
-    zs_t = kl_only.response_logprobs(kl_only.generator, ids, attn, targets, with_logits=True)[1]
+    zs_t = kl_only.response_logprobs(kl_only.generator, *parts, with_logits=True)[1]
+    ids, attn = torch.cat(parts[0::2], dim=1), torch.cat(parts[1::2], dim=1)
     dists = kl_only.teacher.score(ids, attn, targets.size(1))
     loss = 4.0 * masked_sum(kl_only.token_kl(dists, zs_t), batch["response_mask"]) / batch["response_mask"].sum()
     loss.backward()

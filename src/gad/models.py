@@ -221,5 +221,5 @@ class Discriminator(nn.Module):
         """
         hidden = forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask, group_size)
         # hidden[:, 0] is the last prompt token, so the last response token sits at index `length`.
-        last = hidden[torch.arange(hidden.size(0), device=hidden.device), response_mask.sum(-1)]
+        last = hidden[torch.arange(hidden.size(0), device=hidden.device), response_mask.sum(-1).long()]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)

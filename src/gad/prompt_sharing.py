@@ -10,13 +10,18 @@ rounding (tests/test_prompt_sharing.py). What it saves grows with prompt length 
 length and with N.
 
 Transformers drops a KV cache under gradient checkpointing in training mode, so a network
-that trains with checkpointing on takes the row-by-row path (`can_share_prompt`).
+that trains with checkpointing on takes the row-by-row path (`can_share_prompt`); so do forwards
+that will be backpropagated through a network sharded with FSDP2: the gradient reaches the
+prompt's forward through its cached keys and values, not through the blocks' outputs where FSDP
+gathers the weights again for backward, so it would find them freed. Forwards without gradient
+(the reference, a frozen D's scores) share the prompt under both.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from gad.losses import position_ids
 
@@ -24,6 +29,8 @@ from gad.losses import position_ids
 def can_share_prompt(model: nn.Module) -> bool:
     """False where transformers would drop the prompt's cache: gradient checkpointing while training."""
     model = getattr(model, "module", model)  # a DDP wrapper
+    if torch.is_grad_enabled() and any(isinstance(m, FSDPModule) for m in model.modules()):
+        return False
     # (transformers 5.23 renamed is_gradient_checkpointing, which now warns, to is_activation_checkpointing)
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:
