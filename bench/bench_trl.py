@@ -13,6 +13,10 @@ GAD's discriminator as the reward model. GAD's step does more work: it also trai
 this project's step with the discriminator frozen (`method.off_policy=true`, the off-policy
 ablation's adversarial phase): TRL's work, plus D scoring the teacher's responses (no gradient).
 
+The implementations differ where this project is built to be faster: D, G and the reference run each
+prompt once per group of samples (`method.share_prompt`, exact to float rounding), where TRL runs every
+row's prompt. `python bench/bench_trl.py method.share_prompt=false` times this project row by row too.
+
 Both sides train at a negligible learning rate (`--lr`, 1e-9 by default): every forward, backward
 and optimizer step still runs, but the policies stay at their shared initialisation, so both sample
 responses of the same length distribution. (At the toy rates the two policies drift apart within a
