@@ -92,16 +92,32 @@ def test_rows_that_do_not_share_their_prompt_are_refused():
         forward_after_prompt(model, prompt_ids, prompt_mask, reply_ids, reply_mask, group_size=4)
 
 
+def gad_module(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
+    torch.manual_seed(0)
+    return cfg, build_module(cfg)
+
+
+@pytest.mark.parametrize("micro_batch, checkpointing, grouped", [(8, False, True), (2, False, False), (8, True, False)])
+def test_generator_micro_batches_hold_whole_groups_only_when_sharing(micro_batch, checkpointing, grouped):
+    """A group larger than method.micro_batch_size is never forced into one forward (memory stays as configured)."""
+    _, module = gad_module("method.num_samples=3", f"method.micro_batch_size={micro_batch}",
+                           f"model.student.gradient_checkpointing={checkpointing}")
+    module.train()
+    rollout = module.rollout({"prompt_ids": torch.tensor([[5, 6, 7]] * 4), "prompt_mask": torch.ones(4, 3).long()})
+    assert module.shares_prompt(module.generator) is grouped
+    sizes = [sl.stop - sl.start for sl in module.sample_chunks(rollout, module.shares_prompt(module.generator))]
+    assert sum(sizes) == 12
+    assert all(size % 3 == 0 for size in sizes) if grouped else all(size <= micro_batch for size in sizes)
+    assert module.shares_prompt(module.reference) is (micro_batch >= 3)  # eval mode: checkpointing is off
+
+
 def gad_step(share: bool):
     """One adversarial GAD step on the toy world from fixed weights: D's scores, the metrics, and
     each network's gradients (what its optimizer would step on)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", "data.batch_size=4",
-            "method.num_samples=3", "method.micro_batch_size=8", f"method.share_prompt={share}",
-        ])
-    torch.manual_seed(0)
-    module = build_module(cfg)
+    cfg, module = gad_module("data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8",
+                             f"method.share_prompt={share}")
     data = instantiate(cfg.data, tokenizer=module.tokenizer)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))

@@ -128,6 +128,14 @@ class DistillModule(L.LightningModule):
         """Networks that are run but never trained (e.g. GAD's KL reference); sharded too under FSDP."""
         return []
 
+    def train(self, mode: bool = True):
+        """Lightning puts the whole module in train mode; frozen networks stay in eval mode (no
+        dropout in the reference's log-probs, and no checkpointing: it can share prompts)."""
+        super().train(mode)
+        for network in self.frozen_networks():
+            network.eval()
+        return self
+
     @property
     def sharded(self) -> bool:
         return is_sharded(self.generator)

@@ -23,6 +23,7 @@ from gad import losses
 from gad.methods.base import DistillModule, micro_batches
 from gad.methods.optim import NetworkOptim
 from gad.models import Discriminator, frozen_copy
+from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
 
 
@@ -227,11 +228,12 @@ class GADModule(DistillModule):
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
         with self.timed("g_step"):
-            chunks = list(self.sample_chunks(rollout))
+            grouped = self.shares_prompt(self.generator)
+            chunks = list(self.sample_chunks(rollout, grouped))
             for i, sl in enumerate(chunks):
                 # The last backward of the step all-reduces G's gradients (the CE term's, if any).
                 with self.network("generator", sync=i == len(chunks) - 1 and self.alpha == 0) as generator:
-                    logp, logits = self.rollout_logprobs(generator, rollout, sl, with_logits=True)
+                    logp, logits = self.rollout_logprobs(generator, rollout, sl, grouped, with_logits=True)
                     # One update per rollout batch: the "old" policy is the current one, detached.
                     pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
                     per_token = pg
@@ -253,22 +255,30 @@ class GADModule(DistillModule):
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
         with self.timed("ref_forward"):
-            return torch.cat([self.rollout_logprobs(self.reference, rollout, sl) for sl in self.sample_chunks(rollout)])
+            grouped = self.shares_prompt(self.reference)
+            return torch.cat([
+                self.rollout_logprobs(self.reference, rollout, sl, grouped) for sl in self.sample_chunks(rollout, grouped)
+            ])
 
-    def sample_chunks(self, rollout: Rollout):
-        """Micro-batches of rollout rows; whole prompt groups when prompts are shared."""
-        if not self.share_prompt:
+    def shares_prompt(self, model: torch.nn.Module) -> bool:
+        """Whether `model`'s forwards on the rollout run each prompt once per group: asked for
+        (`method.share_prompt`), possible for `model` now, and a group fits in a micro-batch."""
+        return self.share_prompt and self.micro_batch_size >= self.num_samples and can_share_prompt(model)
+
+    def sample_chunks(self, rollout: Rollout, grouped: bool):
+        """Micro-batches of rollout rows; whole prompt groups when `grouped`."""
+        if not grouped:
             return micro_batches(rollout.response_ids.size(0), self.micro_batch_size)
         n = self.num_samples
-        groups = micro_batches(rollout.response_ids.size(0) // n, max(1, self.micro_batch_size // n))
+        groups = micro_batches(rollout.response_ids.size(0) // n, self.micro_batch_size // n)
         return (slice(g.start * n, g.stop * n) for g in groups)
 
-    def rollout_logprobs(self, model, rollout: Rollout, rows: slice, with_logits: bool = False):
+    def rollout_logprobs(self, model, rollout: Rollout, rows: slice, grouped: bool, with_logits: bool = False):
         """`model`'s log-probs of the sampled tokens [rows, R], at the sampling temperature."""
         return self.response_logprobs(
             model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows],
             rollout.response_mask[rows], self.temperature, with_logits=with_logits,
-            group_size=self.num_samples if self.share_prompt else 1,
+            group_size=self.num_samples if grouped else 1,
         )
 
     # ------------------------------------------------------------ 5. what to watch
