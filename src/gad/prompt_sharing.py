@@ -27,7 +27,8 @@ from gad.losses import position_ids
 
 
 def can_share_prompt(model: nn.Module) -> bool:
-    """False where transformers would drop the prompt's cache: gradient checkpointing while training."""
+    """False where a shared prompt would go wrong: under gradient checkpointing while training
+    (transformers drops the cache) and before a backward through an FSDP-sharded network."""
     model = getattr(model, "module", model)  # a DDP wrapper
     if torch.is_grad_enabled() and any(isinstance(m, FSDPModule) for m in model.modules()):
         return False
