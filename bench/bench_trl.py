@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"                  # TRL is an optional extra, used only here
     python bench/bench_trl.py                  # the default toy size, CPU
-    python bench/bench_trl.py --steps 20 trainer=gpu model=qwen2.5-0.5b ...   # any overrides
+    python bench/bench_trl.py --rounds 1 trainer=gpu model=qwen2.5-0.5b ...   # any overrides
 
 Both sides get the same student (architecture, initial weights, tokenizer and chat template), the
 same prompt set (each side draws its own batches), prompts per step, group size, length budget, temperature, KL coefficient, learning
@@ -22,13 +22,16 @@ and optimizer step still runs, but the policies stay at their shared initialisat
 responses of the same length distribution. (At the toy rates the two policies drift apart within a
 few steps, and a side whose samples got shorter would look faster for it.)
 
-Prints seconds per step and generated tokens per second for each, and the ratios to TRL.
+Prints seconds per step and generated tokens per second for each (medians over steps), and the ratios
+to TRL. The sides take turns over `--rounds` rounds, in a rotated order, so that a slow spell of a
+shared machine falls on all of them; each round's ratio is printed too, to show the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import time
 
@@ -111,31 +114,48 @@ def trl_grpo_steps(cfg, steps: int, skip: int) -> list[dict[str, float]]:
 
 
 def summarise(rows: list[dict[str, float]]) -> tuple[float, float]:
-    """(seconds per step, generated tokens per second) over the timed steps."""
-    seconds = sum(r["total"] for r in rows)
-    return seconds / len(rows), sum(r["tokens"] for r in rows) / seconds
+    """(seconds per step, generated tokens per second): medians over the timed steps, so that a
+    step slowed by something else on the machine does not move the figure."""
+    return statistics.median(r["total"] for r in rows), statistics.median(r["tokens"] / r["total"] for r in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps on each side")
-    parser.add_argument("--skip", type=int, default=3, help="untimed steps first on each side (warm-up)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps on each side, per round")
+    parser.add_argument("--skip", type=int, default=3, help="untimed steps first on each side (warm-up), per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs the three sides, in a rotated order")
     parser.add_argument("--lr", type=float, default=1e-9, help="learning rate of every trained network, both sides")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
 
     overrides = [f"method.generator_optimizer.lr={args.lr}", f"method.discriminator_optimizer.lr={args.lr}", *args.overrides]
-    cfg, module, gad_rows = time_adversarial_steps(overrides, args.steps, args.skip)
-    _, _, frozen_rows = time_adversarial_steps([*overrides, "method.off_policy=true"], args.steps, args.skip)
-    trl_rows = trl_grpo_steps(cfg, args.steps, args.skip)
-    gad_step, gad_tps = summarise(gad_rows)
-    frozen_step, frozen_tps = summarise(frozen_rows)
-    trl_step, trl_tps = summarise(trl_rows)
+    built = {}
 
+    def gad(*extra: str) -> list[dict[str, float]]:
+        built["cfg"], built["module"], timed = time_adversarial_steps([*overrides, *extra], args.steps, args.skip)
+        return timed
+
+    sides = {  # round 0 runs "gad" first: TRL's side is sized from its config
+        "gad": gad,
+        "frozen": lambda: gad("method.off_policy=true"),
+        "trl": lambda: trl_grpo_steps(built["cfg"], args.steps, args.skip),
+    }
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    round_ratios = []
+    for r in range(args.rounds):
+        # The machine's speed drifts (other tenants); rotating the order spreads that over the sides.
+        names = list(sides)[r % 3 :] + list(sides)[: r % 3]
+        this_round = {name: sides[name]() for name in names}
+        for name, timed in this_round.items():
+            rows[name] += timed
+        round_ratios.append(summarise(this_round["gad"])[0] / summarise(this_round["trl"])[0])
+    (gad_step, gad_tps), (frozen_step, frozen_tps), (trl_step, trl_tps) = (summarise(rows[n]) for n in sides)
+
+    cfg, module = built["cfg"], built["module"]
     m = cfg.method
-    table = Table(title=f"mean of {args.steps} steps after {args.skip} untimed: {cfg.data.batch_size} prompts x "
-                        f"{m.num_samples} samples, <= {m.max_new_tokens} new tokens, T={m.temperature}, lr {args.lr:g}, "
-                        f"device {module.device}, torch threads {torch.get_num_threads()}")
+    table = Table(title=f"median of {args.rounds} rounds x {args.steps} steps (after {args.skip} untimed each): "
+                        f"{cfg.data.batch_size} prompts x {m.num_samples} samples, <= {m.max_new_tokens} new tokens, "
+                        f"T={m.temperature}, lr {args.lr:g}, device {module.device}, torch threads {torch.get_num_threads()}")
     for column in ("", "s / step", "generated tokens / s"):
         table.add_column(column, justify="right" if column else "left")
     table.add_row("this project: GAD adversarial step (trains G and D)", f"{gad_step:.3f}", f"{gad_tps:.0f}")
@@ -143,7 +163,9 @@ def main() -> None:
     table.add_row("TRL GRPOTrainer step (trains G; frozen reward model)", f"{trl_step:.3f}", f"{trl_tps:.0f}")
     table.add_row("ratio, GAD step / TRL", f"{gad_step / trl_step:.2f}", f"{gad_tps / trl_tps:.2f}")
     table.add_row("ratio, D frozen / TRL (the same work)", f"{frozen_step / trl_step:.2f}", f"{frozen_tps / trl_tps:.2f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("GAD step / TRL, each round's medians: " + ", ".join(f"{x:.2f}" for x in round_ratios))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from gad.models import Discriminator, load_student
 from gad.prompt_sharing import can_share_prompt, forward_after_prompt
+from gad.rollout import generation_config, sample
 from gad.train import build_module
 
 TINY = dict(model_type="qwen2", vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -144,3 +145,19 @@ def test_a_gad_step_is_the_same_with_and_without_sharing():
     assert set(grads) == {"generator", "discriminator"}
     for name in grads:
         assert_same_gradients(want_grads[name], grads[name])
+
+
+def test_a_rollout_with_the_prompt_prefilled_once_samples_what_the_plain_one_does():
+    torch.manual_seed(0)
+    model = load_student(config=TINY).train()
+    prompt_ids, prompt_mask, _, _ = grouped_rows(group=1)
+    config = generation_config(max_new_tokens=6, eos_ids=[258], pad_id=PAD, temperature=1.0)
+    rollouts = []
+    for share in (False, True):
+        torch.manual_seed(1)
+        rollouts.append(sample(model, prompt_ids, prompt_mask, num_samples=4, config=config, eos_ids=torch.tensor([258]),
+                               micro_batch_size=8, share_prompt=share))
+    plain, shared = rollouts
+    assert torch.equal(shared.response_ids, plain.response_ids) and torch.equal(shared.prompt_ids, plain.prompt_ids)
+    assert plain.response_ids.size(0) == 12 and len({tuple(r) for r in plain.response_ids.tolist()}) > 1
+    assert model.training  # the mode is restored

@@ -1,8 +1,8 @@
 """One forward per prompt, not one per sample: the N responses of a group share their prompt.
 
-GAD runs D, G and the reference over every `[prompt | response]` row of a rollout, and the
-rows of a group repeat the same prompt N times (N + 1 for D, which also reads the teacher's
-response). Here the prompt goes through the network once, its keys and values are repeated
+GAD samples N responses per prompt and runs D, G and the reference over every
+`[prompt | response]` row of the rollout, so the rows of a group repeat the same prompt N times
+(N + 1 for D, which also reads the teacher's response). The rollout's prefill uses the same cache. Here the prompt goes through the network once, its keys and values are repeated
 across the group (`repeat_interleave` is differentiable: the prompt's gradient is summed over
 the group, as it is when every row recomputes it), and only the responses run per row.
 The outputs, and the gradients through them, equal the row-by-row forward's up to float
@@ -63,16 +63,22 @@ def forward_after_prompt(
         out = model(input_ids=torch.cat([prompt_ids, continuation_ids], dim=1), attention_mask=mask,
                     position_ids=positions, use_cache=False, **kwargs)
         return out[0][:, -kept:]
-    unique = prompt_ids[::group_size]
-    if not torch.equal(prompt_ids, unique.repeat_interleave(group_size, dim=0)):
-        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
-    # The prompt minus its last token runs once per group; that token starts the per-row part, so
-    # every row's first output (which predicts its first continuation token) comes out of it.
-    head = unique[:, :-1], prompt_mask[::group_size, :-1]
-    prefix_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}
-    cache = model(input_ids=head[0], attention_mask=head[1], position_ids=position_ids(head[1]), use_cache=True,
-                  **prefix_kwargs).past_key_values
-    cache.batch_repeat_interleave(group_size)
+    head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}  # a causal LM: one row of unused logits
+    cache = prompt_cache(model, prompt_ids, prompt_mask, group_size, **head_kwargs)
     out = model(input_ids=torch.cat([prompt_ids[:, -1:], continuation_ids], dim=1), attention_mask=mask,
                 position_ids=positions[:, width - 1 :], past_key_values=cache, use_cache=True, **kwargs)
     return out[0]
+
+
+def prompt_cache(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int, **kwargs):
+    """The KV cache of every row's prompt but its last token, computed once per group of `group_size`
+    rows that repeat a prompt and repeated across the group. Run the rows' last prompt token (and what
+    follows) against it: every row's first output then comes from a forward of its own."""
+    unique = prompt_ids[::group_size]
+    if not torch.equal(prompt_ids, unique.repeat_interleave(group_size, dim=0)):
+        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
+    head_ids, head_mask = unique[:, :-1], prompt_mask[::group_size, :-1]
+    cache = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids(head_mask), use_cache=True,
+                  **kwargs).past_key_values
+    cache.batch_repeat_interleave(group_size)
+    return cache

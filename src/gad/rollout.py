@@ -14,6 +14,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from gad.losses import response_mask
+from gad.prompt_sharing import prompt_cache
 
 NEUTRAL_WARPERS = dict(top_k=0, typical_p=1.0, min_p=None, epsilon_cutoff=0.0, eta_cutoff=0.0,
                        repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
@@ -67,24 +68,28 @@ def sample(
     eos_ids: torch.Tensor,
     micro_batch_size: int,
     synced_gpus: bool = False,
+    share_prompt: bool = False,
 ) -> Rollout:
     """Draw `num_samples` responses per prompt, `micro_batch_size` sequences per `generate` call.
 
     Runs in eval mode so gradient checkpointing (which disables the KV cache) is off during
-    decoding; the previous mode is restored afterwards.
+    decoding; the previous mode is restored afterwards. `share_prompt`: each prompt's prefill runs
+    once, not once per sample (gad.prompt_sharing), and a call holds whole groups (at least one).
     """
     was_training = model.training
     model.eval()
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
     width = prompt_ids.size(1)
+    shared = share_prompt and num_samples > 1 and width > 1
+    if shared:
+        micro_batch_size = max(1, micro_batch_size // num_samples) * num_samples
     chunks = []
     for start in range(0, prompt_ids.size(0), micro_batch_size):
+        ids, mask = prompt_ids[start : start + micro_batch_size], prompt_mask[start : start + micro_batch_size]
+        cache = prompt_cache(model, ids, mask, num_samples, logits_to_keep=1) if shared else None
         out = model.generate(
-            input_ids=prompt_ids[start : start + micro_batch_size],
-            attention_mask=prompt_mask[start : start + micro_batch_size],
-            generation_config=config,
-            synced_gpus=synced_gpus,
+            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config, synced_gpus=synced_gpus,
         )
         chunks.append(out[:, width:])
     model.train(was_training)

@@ -34,6 +34,8 @@ def micro_batches(n: int, size: int) -> Iterator[slice]:
 class DistillModule(L.LightningModule):
     """Base class: subclasses register their networks in `self.networks` and write `training_step`."""
 
+    share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
+
     def __init__(
         self,
         student: PreTrainedModel,
@@ -119,7 +121,7 @@ class DistillModule(L.LightningModule):
                 self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
                 config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
                 # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded,
+                synced_gpus=self.sharded, share_prompt=self.share_prompt,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)
