@@ -3,7 +3,6 @@ outputs, gradients and a whole GAD step equal the row-by-row path's, up to float
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from conftest import ROOT
