@@ -9,6 +9,7 @@ Two checks:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,50 +22,53 @@ HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 INJECTED = {"student", "tokenizer", "callbacks", "logger", "lora"}  # passed by the training script, not the config
 
 
-def _positive(x): return x > 0
-def _non_negative(x): return x >= 0
-def _at_least(n): return lambda x: x >= n
-def _unit_interval(x): return 0 <= x <= 1
+def _number(x): return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _count(x): return isinstance(x, int) and not isinstance(x, bool)  # 2.5 samples, 1.5 steps: not counts
+def _positive(x): return _number(x) and x > 0
+def _non_negative(x): return _number(x) and x >= 0
+def _at_least(n): return lambda x: _count(x) and x >= n
+def _count_from_0(x): return _count(x) and x >= 0
+def _unit_interval(x): return _number(x) and 0 <= x <= 1
 def _one_of(*options): return lambda x: x in options
 def _boolean(x): return isinstance(x, bool)
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "method.temperature": (_positive, "must be > 0"),
+    "method.temperature": (_positive, "must be a finite number > 0"),
     "method.top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
     "method.alpha": (_unit_interval, "must be in [0, 1]"),
-    "method.num_samples": (_at_least(2), "must be >= 2 (advantages are normalised within each prompt's samples)"),
-    "method.max_new_tokens": (_at_least(1), "must be >= 1"),
-    "method.warmup_steps": (_non_negative, "must be >= 0"),
-    "method.d_only_steps": (_non_negative, "must be >= 0"),
-    "method.adversarial_steps": (_non_negative, "must be >= 0"),
-    "method.off_policy_d_steps": (_non_negative, "must be >= 0"),
-    "method.steps": (_at_least(1), "must be >= 1"),
-    "method.kl_coef": (_non_negative, "must be >= 0"),
-    "method.clip_ratio": (_positive, "must be > 0"),
+    "method.num_samples": (_at_least(2), "must be an integer >= 2 (advantages are normalised within each prompt's samples)"),
+    "method.max_new_tokens": (_at_least(1), "must be an integer >= 1"),
+    "method.warmup_steps": (_count_from_0, "must be an integer >= 0"),
+    "method.d_only_steps": (_count_from_0, "must be an integer >= 0"),
+    "method.adversarial_steps": (_count_from_0, "must be an integer >= 0"),
+    "method.off_policy_d_steps": (_count_from_0, "must be an integer >= 0"),
+    "method.steps": (_at_least(1), "must be an integer >= 1"),
+    "method.kl_coef": (_non_negative, "must be a finite number >= 0"),
+    "method.clip_ratio": (_positive, "must be a finite number > 0"),
     "method.d_loss": (_one_of("bt", "bce"), "must be 'bt' or 'bce'"),
-    "method.micro_batch_size": (_at_least(1), "must be >= 1"),
-    "method.rollout_batch_size": (_at_least(1), "must be >= 1"),
-    "method.generator_optimizer.lr": (_positive, "must be > 0"),
-    "method.warmup_lr": (_positive, "must be > 0 (or null: the same as generator_optimizer.lr)"),
-    "method.discriminator_optimizer.lr": (_positive, "must be > 0"),
-    "method.alpha_warmup_steps": (_non_negative, "must be >= 0"),
-    "method.rollout_temperature": (_positive, "must be > 0"),
-    "method.samples_per_prompt": (_at_least(1), "must be >= 1"),
+    "method.micro_batch_size": (_at_least(1), "must be an integer >= 1"),
+    "method.rollout_batch_size": (_at_least(1), "must be an integer >= 1"),
+    "method.generator_optimizer.lr": (_positive, "must be a finite number > 0"),
+    "method.warmup_lr": (_positive, "must be a finite number > 0 (or null: the same as generator_optimizer.lr)"),
+    "method.discriminator_optimizer.lr": (_positive, "must be a finite number > 0"),
+    "method.alpha_warmup_steps": (_count_from_0, "must be an integer >= 0"),
+    "method.rollout_temperature": (_positive, "must be a finite number > 0"),
+    "method.samples_per_prompt": (_at_least(1), "must be an integer >= 1"),
     "method.teacher.kind": (_one_of("local", "api"), "must be 'local' or 'api'"),
-    "method.teacher.top_k": (_at_least(1), "must be >= 1 (null: full distributions, local teachers only)"),
-    "method.teacher.request_batch_size": (_at_least(1), "must be >= 1"),
-    "method.teacher.concurrency": (_at_least(1), "must be >= 1"),
-    "method.teacher.max_tokens": (_non_negative, "must be >= 0"),
+    "method.teacher.top_k": (_at_least(1), "must be an integer >= 1 (null: full distributions, local teachers only)"),
+    "method.teacher.request_batch_size": (_at_least(1), "must be an integer >= 1"),
+    "method.teacher.concurrency": (_at_least(1), "must be an integer >= 1"),
+    "method.teacher.max_tokens": (_count_from_0, "must be an integer >= 0"),
     "model.lora.generator": (_boolean, "must be true or false"),
     "model.lora.discriminator": (_boolean, "must be true or false"),
-    "model.lora.r": (_at_least(1), "must be >= 1"),
-    "model.lora.alpha": (_positive, "must be > 0"),
+    "model.lora.r": (_at_least(1), "must be an integer >= 1"),
+    "model.lora.alpha": (_positive, "must be a finite number > 0"),
     "model.lora.dropout": (lambda x: 0 <= x < 1, "must be in [0, 1)"),
-    "data.batch_size": (_at_least(1), "must be >= 1"),
-    "data.val_size": (_non_negative, "must be >= 0"),
-    "data.max_prompt_tokens": (_at_least(1), "must be >= 1"),
-    "data.max_response_tokens": (_at_least(1), "must be >= 1"),
+    "data.batch_size": (_at_least(1), "must be an integer >= 1"),
+    "data.val_size": (_count_from_0, "must be an integer >= 0"),
+    "data.max_prompt_tokens": (_at_least(1), "must be an integer >= 1"),
+    "data.max_response_tokens": (_at_least(1), "must be an integer >= 1"),
     "data.truncation": (_one_of("left", "drop"), "must be 'left' or 'drop'"),
 }
 

@@ -118,14 +118,20 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
         in the whole module, which is right only for a module with one optimizer: a checkpoint
         written under DDP or on one device would load the generator's Adam moments into the
         discriminator.
+
+        A checkpoint may come from someone else: it always loads with weights_only=True
+        (gad.trust), whatever the caller asked for.
         """
         from lightning.fabric.strategies.model_parallel import _load_raw_module_state
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        from gad.trust import check_sharded_checkpoint, load_checkpoint
+
         path = Path(self.broadcast(checkpoint_path))
         if path.is_dir():  # per-rank shards (save_distributed_checkpoint): keyed by name already
-            return super().load_checkpoint(path, weights_only)
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=bool(weights_only))
+            check_sharded_checkpoint(path)  # torch.distributed.checkpoint unpickles its metadata freely
+            return super().load_checkpoint(path, weights_only=True)
+        checkpoint = load_checkpoint(path, mmap=True)
         _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=self.lightning_module.strict_loading)
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"]):

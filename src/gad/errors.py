@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 EXIT_USER_ERROR = 2
 
@@ -19,8 +20,21 @@ class GADError(Exception):
     """An error caused by input the user controls; its message is shown as a single line."""
 
 
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+# Control characters (C0, DEL, C1: ESC, CSI, BEL, CR, backspace...) and the bidirectional overrides:
+# from a server's error body or a dump's ids they could clear the screen, retitle the window or hide text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(message: object) -> str:
+    """`message` as one line of plain printable text: line breaks and control characters become
+    single spaces (printable unicode is kept). Everything shown as an error goes through here."""
+    return " ".join(_CONTROL.sub(" ", str(message)).split())
+
+
+def terminal_text(text: object) -> str:
+    """`text` with line breaks and tabs kept but every other control character dropped: for
+    multi-line text from outside (a server, a dump) printed to the terminal."""
+    return _CONTROL.sub(lambda m: m.group() if m.group() in "\n\t" else "", str(text))
 
 
 def user_error(err: BaseException | None) -> GADError | None:
@@ -66,6 +80,11 @@ def run_cli(main) -> None:
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
+        refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides into .hydra/
+    except GADError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    try:
         main()
     except Exception as err:
         found = user_error(err)
@@ -79,3 +98,33 @@ def run_cli(main) -> None:
         detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
         print(f"error: {one_line(first + detail)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+# ------------------------------------------------------------------------------------- secrets
+# Shapes of real API keys and tokens: OpenAI/Anthropic-style sk-..., restricted/publishable rk-/pk-,
+# Hugging Face hf_... (long enough that a file or model name is not taken for one).
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk|pk)-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{30,})")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def refuse_secrets(overrides: Sequence[str]) -> None:
+    """`GADError` for a command-line override that carries an API key: Hydra saves every override
+    in the run's .hydra/ files (and config.yaml), so a key must come from the environment.
+
+    Refused: any `...api_key=` override (with or without `+`), an `...api_key_env=` value that is not
+    an environment variable's name, and any value shaped like a key. The key itself is never echoed."""
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        section, _, leaf = key.rpartition(".")
+        knob = f"{section}.api_key_env" if section and "api_key" in leaf else "teacher.api_key_env (judge.api_key_env for the judge)"
+        advice = (f"put the key in an environment variable and name that variable with {knob} "
+                  "(command-line values are saved in the run's .hydra/ files)")
+        if leaf.endswith("api_key"):
+            raise GADError(f"{key}: an API key is never passed on the command line: {advice}")
+        if leaf.endswith("api_key_env") and not all(_ENV_NAME.match(v.strip(" '\"")) for v in value.split(",") if v.strip(" '\"")):
+            raise GADError(f"{key} must be the NAME of an environment variable (like OPENAI_API_KEY), not a key: {advice}")
+        if _KEY_SHAPED.search(value):
+            raise GADError(f"{key}: the value looks like an API key, which is never passed on the command line: {advice}")

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gad.errors import GADError
 from gad.train import build_module
+from gad.trust import check_received_config, load_checkpoint
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
+    """A run's config.yaml, refused (one line) if loading the run would call anything but this
+    project's own targets: a run folder may come from someone else (gad.trust)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise GADError(f"{run_dir}: not a training run folder (no config.yaml)")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise GADError(f"{path}: not a readable config ({' '.join(str(err).split())})") from None
+    if not isinstance(cfg, DictConfig):
+        raise GADError(f"{path}: not a training run config (not a mapping)")
+    check_received_config(cfg, path)
+    return cfg
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
@@ -41,8 +50,8 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise GADError(f"{ckpt}: no such checkpoint")
+    state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
     module = build_module(cfg)
-    state = torch.load(ckpt, map_location=device, weights_only=False)
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)
     return module.to(device).eval()

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from gad.config import validate
 from gad.distributed import finish_distributed
 from gad.errors import GADError
+from gad.trust import check_checkpoint
 
 # Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and
 # our own checkpoints are trusted pickles (they hold optimizer and loop state).
@@ -40,6 +41,8 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path)  # one line for a file that needs more than weights_only=True allows
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +58,8 @@ def train(cfg: DictConfig) -> float | None:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only=True: a resumed checkpoint may come from someone else and must not run code (gad.trust).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         results = trainer.validate(module, datamodule=datamodule, verbose=False)
     finally:
         finish_distributed()

@@ -1,0 +1,153 @@
+"""Loading files a user may have received from someone else, without ever running code from them.
+
+A checkpoint is a pickle, and unpickling can call any function the file names; a run's
+config.yaml names functions too (`_target_`), which Hydra's `instantiate` calls. So:
+
+- checkpoints load with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and
+  dicts only, plus `SAFE_GLOBALS` (empty: a checkpoint of this project needs nothing else). A file
+  that names anything else is refused with one line naming the file and what it asked for;
+- a received config (`gad.runs.run_config`) is checked before anything in it is instantiated:
+  every `_target_` in the sections that loading instantiates (model, method, data) must be one of
+  `RECEIVED_TARGETS`, and no value may be an interpolation (a saved config is resolved; an
+  `${oc.env:...}` would read this machine's environment into a model path).
+
+The targets themselves only build models, optimizers and data modules from plain values.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+from gad.errors import GADError
+
+# Types a checkpoint may hold beyond tensors and plain Python values, for
+# torch.serialization.add_safe_globals. None so far: Lightning's loop, optimizer and scheduler
+# states and DistillModule.on_save_checkpoint's `distill_state` are dicts of numbers.
+SAFE_GLOBALS: list[Any] = []
+
+# Sections of a received config that loading a run instantiates (gad.train.build_module,
+# gad.evaluation.models, gad.analysis.scoring); nothing instantiates the others from a run folder.
+RECEIVED_SECTIONS = ("model", "method", "data")
+# Every `_target_` the project's conf/{model,method,data} use (tests/test_trust_loading.py keeps this in step).
+RECEIVED_TARGETS = frozenset({
+    "gad.models.load_student",
+    "gad.models.load_tokenizer",
+    "gad.methods.GADModule",
+    "gad.methods.KDModule",
+    "gad.methods.SeqKDModule",
+    "gad.methods.optim.warmup_schedule",
+    "gad.data.DistillDataModule",
+    "torch.optim.AdamW",
+})
+
+ADVICE = "load only files from people you trust, or ask for the exported student/ folder (safetensors)"
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def _allow_safe_globals() -> None:
+    import torch
+
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse (GADError, one line) a checkpoint file whose pickle names anything beyond plain data.
+
+    Reads the pickle's opcodes without running them, so the refusal can name what the file
+    asked for; the load itself (`load_checkpoint`, or Lightning's with weights_only=True) is
+    what guarantees nothing runs."""
+    from torch.serialization import get_safe_globals, get_unsafe_globals_in_checkpoint
+
+    _allow_safe_globals()
+    try:
+        needed = get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # not a zip checkpoint: a truncated file, or not one of torch.save's
+        raise GADError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in get_safe_globals() if hasattr(g, "__qualname__")}
+    unsafe = [g for g in needed if g not in allowed]
+    if unsafe:
+        raise GADError(f"{path}: refused: loading it would call {', '.join(unsafe)} (checkpoints may hold "
+                       f"only tensors and plain values; {ADVICE})")
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """A checkpoint file's contents, loaded with weights_only=True (see the module docstring)."""
+    import torch
+
+    check_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise GADError(f"{path}: refused: {str(err).splitlines()[0]} ({ADVICE})") from None
+    except (RuntimeError, OSError, EOFError) as err:
+        raise GADError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise GADError(f"{path}: not a checkpoint of this project (no state_dict)")
+    return state
+
+
+# Sharded checkpoints (TwoNetworkFSDPStrategy with save_distributed_checkpoint=true) are folders whose
+# `.metadata` torch.distributed.checkpoint reads with plain pickle: it may name only these.
+_DCP_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+     ("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if (module, name) in _DCP_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"loading it would call {module}.{name}")
+
+
+def check_sharded_checkpoint(folder: str | Path) -> None:
+    """Refuse a sharded checkpoint folder whose pickled metadata names anything beyond
+    torch.distributed.checkpoint's own metadata types (read here with an unpickler that
+    cannot reach any other function)."""
+    files = sorted(Path(folder).glob("*.metadata"))
+    if not files:
+        raise GADError(f"{folder}: not a sharded checkpoint (no .metadata file)")
+    for file in files:
+        try:
+            with open(file, "rb") as fh:
+                _MetadataUnpickler(fh).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+            raise GADError(f"{file}: refused: {str(err).splitlines()[0] if str(err) else type(err).__name__} ({ADVICE})") from None
+
+
+# ---------------------------------------------------------------------------------------- configs
+def _nodes(node: Any, path: str):
+    """(dotted key, node) for `node` and everything under it, without resolving interpolations."""
+    yield path, node
+    if node._is_interpolation() or node._is_none() or node._is_missing():
+        return
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            yield from _nodes(node._get_node(key), f"{path}.{key}")
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _nodes(node._get_node(i), f"{path}[{i}]")
+
+
+def check_received_config(cfg: DictConfig, file: str | Path) -> None:
+    """Refuse (one line naming the file and key) a run config that would make loading call a
+    function this project does not list, or read anything through an interpolation."""
+    for key in cfg.keys():
+        for path, node in _nodes(cfg._get_node(key), str(key)):
+            if node._is_interpolation():
+                raise GADError(f"{file}: {path}: refused: an interpolation ({node._value()}) in a saved run config "
+                               "(train.py saves it resolved)")
+            if str(key) in RECEIVED_SECTIONS and path.endswith("._target_"):
+                target = node._value()
+                if target not in RECEIVED_TARGETS:
+                    raise GADError(f"{file}: {path}: refused: '{target}' is not one of this project's own targets "
+                                   f"(a run folder may only name {', '.join(sorted(RECEIVED_TARGETS))})")
