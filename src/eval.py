@@ -4,7 +4,8 @@ With no arguments, compares the newest training run before and after training on
 world's in- and out-of-distribution test splits (no judge). Generations, perplexities and judge
 requests are cached under outputs/eval/cache: a re-run recomputes nothing. `select.run=<run>`
 picks a checkpoint on a validation split instead. See conf/eval.yaml and docs/eval.md.
-Exit status: 0 done, 3 some judge requests failed (re-run to finish), 2 bad input.
+Exit status: 0 done, 3 some judge requests failed (re-run to finish), 2 bad input, 130 interrupted (Ctrl-C;
+re-run to continue from the caches).
 """
 
 import os
@@ -18,14 +19,16 @@ sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from gad.errors import exit_on_user_error, run_cli  # noqa: E402
+from gad.errors import exit_on_interrupt, exit_on_user_error, run_cli  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from gad.evaluation.evaluate import evaluate  # heavy imports after composition keeps --help and --cfg fast
 
-    with exit_on_user_error():
+    # Generations, perplexities and judge replies reach their journals as they come: Ctrl-C keeps them.
+    with exit_on_user_error(), exit_on_interrupt("what was generated and judged so far is cached: "
+                                                 "re-run the same command to continue"):
         status = evaluate(cfg)
     if status:
         sys.exit(status)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT (128 + 2)
 
 
 class GADError(Exception):
@@ -59,6 +60,17 @@ def exit_on_user_error() -> Iterator[None]:
         if _in_multirun():
             raise  # Hydra records this job as failed and goes on with the sweep
         sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(kept: str) -> Iterator[None]:
+    """Turn Ctrl-C (KeyboardInterrupt) into `error: interrupted ...` and exit status 130, instead of
+    a traceback. `kept` says what survived (the code inside closes its files on the way out)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"error: interrupted (Ctrl-C); {kept}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _in_multirun() -> bool:

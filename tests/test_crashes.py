@@ -1,0 +1,75 @@
+"""Inputs that used to crash with a traceback end with one line instead: a fractional count, an
+infinite learning rate or temperature (config validation), and Ctrl-C in src/eval.py (exit 130,
+caches kept: the same command then generates nothing again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from chat_server import ChatServer
+from conftest import ROOT, assert_one_line_error, run_entry, train
+from hydra import compose, initialize_config_dir
+
+from gad.config import validate
+from gad.errors import GADError
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
+
+
+@pytest.mark.parametrize("override, key, why", [
+    ("method.num_samples=2.5", "method.num_samples", "integer"),
+    ("method.warmup_steps=3.5", "method.warmup_steps", "integer"),
+    ("data.batch_size=true", "data.batch_size", "integer"),
+    ("method.generator_optimizer.lr=inf", "method.generator_optimizer.lr", "finite"),
+    ("method.discriminator_optimizer.lr=-inf", "method.discriminator_optimizer.lr", "finite"),
+    ("method.temperature=inf", "method.temperature", "finite"),
+    ("method.kl_coef=inf", "method.kl_coef", "finite"),
+    ("method.generator_optimizer.lr=nan", "method.generator_optimizer.lr", "finite"),
+])
+def test_non_counts_and_infinities_name_the_key(override, key, why):
+    with pytest.raises(GADError, match=rf"^{key}=\S+ is invalid: .*{why}"):
+        validate(composed(override))
+
+
+def test_fractional_sample_count_is_one_line_from_the_entry(tmp_path):
+    proc = run_entry("train.py", f"paths.log_dir={tmp_path}", "method.num_samples=2.5")
+    assert_one_line_error(proc, "method.num_samples=2.5", "integer")
+
+
+def test_ctrl_c_in_eval_is_one_line_exit_130_and_keeps_the_caches(tmp_path):
+    run = train(tmp_path / "train")
+    key_env = "GAD_CRASH_TEST_KEY"
+    log_dir = tmp_path / "eval_logs"
+    base = [sys.executable, str(ROOT / "src" / "eval.py"), f"paths.log_dir={log_dir}", "progress=false",
+            f"models={{after: '{run}'}}", f"prompt_sets={{id: '{ROOT}/data/toy/test_id.jsonl'}}", "limit=4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", key_env: "k"}
+    with ChatServer(latency=120) as judge:  # every judge request hangs: interrupt while waiting for one
+        proc = subprocess.Popen([*base, "judge=gpt4o", f"judge.base_url={judge.base_url}", f"judge.api_key_env={key_env}",
+                                 "judge.model=test-judge"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not judge.requests and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert judge.requests, "eval never reached the judge"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert errors == [err.strip().splitlines()[-1]] and errors[0].startswith("error: interrupted"), err[-2000:]
+    assert "Traceback" not in out + err
+    journals = list((log_dir / "eval" / "cache" / "students").glob("*.jsonl"))
+    assert journals and sum(1 for _ in open(journals[0])) > 0
+
+    again = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)  # judge-free: from the caches
+    assert again.returncode == 0, again.stderr[-2000:]
+    out_dir = next(p for p in (log_dir / "eval" / "runs").iterdir() if (p / "summary.json").is_file())
+    cache = json.loads((out_dir / "summary.json").read_text())["cache"]
+    assert cache["generation"]["new"] == 0 and cache["generation"]["cached"] == 4
