@@ -1,6 +1,6 @@
 """Inputs that used to crash with a traceback end with one line instead: a fractional count, an
 infinite learning rate or temperature (config validation), and Ctrl-C in src/eval.py (exit 130,
-caches kept: the same command then generates nothing again)."""
+caches kept: what was generated before the interrupt is in the journal)."""
 
 from __future__ import annotations
 
@@ -65,11 +65,7 @@ def test_ctrl_c_in_eval_is_one_line_exit_130_and_keeps_the_caches(tmp_path):
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert errors == [err.strip().splitlines()[-1]] and errors[0].startswith("error: interrupted"), err[-2000:]
     assert "Traceback" not in out + err
+    # the generations and perplexities made before the interrupt are in the cache, whole
     journals = list((log_dir / "eval" / "cache" / "students").glob("*.jsonl"))
-    assert journals and sum(1 for _ in open(journals[0])) > 0
-
-    again = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)  # judge-free: from the caches
-    assert again.returncode == 0, again.stderr[-2000:]
-    out_dir = next(p for p in (log_dir / "eval" / "runs").iterdir() if (p / "summary.json").is_file())
-    cache = json.loads((out_dir / "summary.json").read_text())["cache"]
-    assert cache["generation"]["new"] == 0 and cache["generation"]["cached"] == 4
+    kept = [json.loads(line) for path in journals for line in open(path)]
+    assert sum(r["id"].startswith("gen:") for r in kept) == 4 and sum(r["id"].startswith("nll:") for r in kept) == 4
