@@ -55,7 +55,7 @@ def signalled_run(log_dir, signum: int) -> tuple[subprocess.CompletedProcess, ob
         time.sleep(0.05)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=240)
-    run = sorted((log_dir / "train" / "runs").iterdir())[-1]
+    run = max((log_dir / "train" / "runs").iterdir())
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), run
 
 

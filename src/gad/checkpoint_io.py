@@ -23,6 +23,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from gad.errors import GADError
 
 TEMP_SUFFIX = ".tmp"
+# GAD's frozen KL reference is the generator at the end of warm-up: saved once, beside the checkpoints,
+# instead of in each (gad.callbacks.StepCheckpoint). A checkpoint says where its `reference.*` weights are:
+REFERENCE_ENTRY = "reference_weights"  # "generator": a copy of the generator's (warm-up: not used yet);
+REFERENCE_FILE = "reference.pt"        # or a file name in the checkpoint's folder
+REFERENCE_PREFIX = "reference."
 
 
 def temp_path(path: Path) -> Path:
@@ -74,22 +79,108 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Make `path` the same bytes as `source` without serialising again: a hard link where the
-    filesystem allows one, else a copy; either replaces `path` atomically.
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # no hard links here (some network and FUSE filesystems): copy
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
 
-    Safe because checkpoint files are never written in place: each save replaces its file with a
-    new one, so a later save of `path` leaves `source` untouched.
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Put the folder `tmp` at `path` (a sharded checkpoint), replacing what was there. A folder cannot
+    be renamed over a non-empty one: the old one is moved aside first and deleted last, so a crash
+    in between leaves it as `.<name>.old` rather than losing it."""
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.is_dir():
+        os.replace(path, old)
+    elif path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make `path` the same bytes as `source` without serialising again: hard links where the
+    filesystem allows them, else a copy; a file replaces `path` atomically, a folder (a sharded
+    checkpoint) through `replace_dir`.
+
+    Safe because checkpoints are never written in place: each save replaces its file (or folder)
+    with a new one, so a later save of `path` leaves `source` untouched.
     """
     source, path = Path(source), Path(path)
-    with _replacing(path) as tmp:
+    if source.is_dir():
+        tmp = temp_path(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         try:
-            os.link(source, tmp)
-        except OSError:  # no hard links here (some network and FUSE filesystems): copy
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=16 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
+            for file in source.iterdir():
+                _link_or_copy(file, tmp / file.name)
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return
+    with _replacing(path) as tmp:
+        _link_or_copy(source, tmp)
+
+
+def load_sharded(folder: str | os.PathLike) -> dict[str, Any]:
+    """A sharded (torch.distributed.checkpoint) checkpoint folder as the one-file checkpoint the
+    other strategies, `gad.runs.load_module` and `src/eval.py` read: the full weights, and each
+    optimizer's state keyed by position as `optimizer.state_dict()` gives it. Needs the whole
+    checkpoint in CPU memory (no process group needed)."""
+    # Lightning's own reader (behind `python -m lightning.fabric.utilities.consolidate_checkpoint`):
+    # the shards through torch.distributed.checkpoint, plus the metadata file Lightning writes beside them.
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    checkpoint = _load_distributed_checkpoint(Path(folder))
+    count = sum(1 for key in checkpoint if key.startswith("optimizer_") and key.removeprefix("optimizer_").isdigit())
+    checkpoint["optimizer_states"] = [by_position(checkpoint.pop(f"optimizer_{i}")) for i in range(count)]
+    return checkpoint
+
+
+def by_position(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter name (as sharded saves keep it) re-keyed 0, 1, ... in
+    the order its param_groups list the parameters, which is what `optimizer.state_dict()` does."""
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def consolidate(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write a sharded checkpoint folder as one file (default: `<folder>.consolidated`, beside it)."""
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder.with_name(folder.name + ".consolidated")
+    save_atomic(load_sharded(folder), out)
+    return out
+
+
+def restore_reference(checkpoint: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Put the `reference.*` weights a StepCheckpoint save left out back into the checkpoint at `path`
+    (in place; a checkpoint that holds them, or has no reference, is returned as it is)."""
+    where = checkpoint.pop(REFERENCE_ENTRY, None)
+    if where is None:
+        return checkpoint
+    state = checkpoint["state_dict"]
+    if where == "generator":  # in warm-up the reference is unused: start_adversarial_phase overwrites it
+        state.update({REFERENCE_PREFIX + k.removeprefix("generator."): v
+                      for k, v in list(state.items()) if k.startswith("generator.")})
+        return checkpoint
+    file = Path(path).parent / where
+    if not file.is_file():
+        raise GADError(f"{path}: its KL reference {file} is missing (written once, beside the checkpoints, "
+                       "when warm-up ended; copy it along with the checkpoint)")
+    state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+    return checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -101,6 +192,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         save_atomic(checkpoint, path)
 
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return restore_reference(super().load_checkpoint(path, weights_only=weights_only, **kwargs), path)
+
     def remove_checkpoint(self, path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m gad.checkpoint_io consolidate <sharded.ckpt folder> [<out file>]`."""
+    import argparse
+
+    from gad.errors import exit_on_user_error
+
+    parser = argparse.ArgumentParser(prog="python -m gad.checkpoint_io", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cons = sub.add_parser("consolidate", help="a sharded (FSDP) checkpoint folder as one file any strategy resumes")
+    cons.add_argument("folder", type=Path)
+    cons.add_argument("out", type=Path, nargs="?", default=None, help="default: <folder>.consolidated")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        if not (args.folder / "meta.pt").is_file():
+            raise GADError(f"{args.folder}: not a sharded checkpoint folder (no meta.pt)")
+        print(consolidate(args.folder, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gad.checkpoint_io import load_sharded, restore_reference
 from gad.errors import GADError
 from gad.train import build_module
 
@@ -39,10 +40,12 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     """Rebuild a run's LightningModule from its config and load a checkpoint (default: last.ckpt)."""
     cfg = run_config(run_dir)
     ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise GADError(f"{ckpt}: no such checkpoint")
     module = build_module(cfg)
-    state = torch.load(ckpt, map_location=device, weights_only=False)
+    # a folder: FSDP's per-rank shards (trainer=fsdp), read whole
+    state = load_sharded(ckpt) if ckpt.is_dir() else torch.load(ckpt, map_location=device, weights_only=False)
+    restore_reference(state, ckpt)  # GAD's KL reference is saved once, beside the checkpoints
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)
     return module.to(device).eval()

@@ -16,9 +16,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import AtomicCheckpointIO
-
 from gad.config import validate
-from gad.distributed import finish_distributed
+from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
 
 # Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and
@@ -83,7 +82,7 @@ def stop_on_interrupt(trainer: L.Trainer) -> Iterator[list[int]]:
 def train(cfg: DictConfig) -> float | None:
     """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it)."""
     validate(cfg)
-    if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
+    if cfg.get("ckpt_path") and not os.path.exists(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
@@ -104,6 +103,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, max_steps=-1, plugins=[AtomicCheckpointIO()]
     )
+    if cfg.get("ckpt_path") and os.path.isdir(cfg.ckpt_path) and not isinstance(trainer.strategy, TwoNetworkFSDPStrategy):
+        raise GADError(f"ckpt_path: '{cfg.ckpt_path}' is a sharded (FSDP) checkpoint; resume it with trainer=fsdp, "
+                       f"or make it one file first: python -m gad.checkpoint_io consolidate {cfg.ckpt_path}")
     try:
         with stop_on_interrupt(trainer) as interrupted:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
