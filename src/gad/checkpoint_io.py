@@ -175,7 +175,9 @@ def restore_reference(checkpoint: dict[str, Any], path: str | os.PathLike) -> di
         state.update({REFERENCE_PREFIX + k.removeprefix("generator."): v
                       for k, v in list(state.items()) if k.startswith("generator.")})
         return checkpoint
-    file = Path(path).parent / where
+    folder = Path(path).parent
+    # beside the checkpoint; or, for a save outside checkpoints/ (Lightning's SLURM requeue save), in it
+    file = next((f for f in (folder / where, folder / "checkpoints" / where) if f.is_file()), folder / where)
     if not file.is_file():
         raise GADError(f"{path}: its KL reference {file} is missing (written once, beside the checkpoints, "
                        "when warm-up ended; copy it along with the checkpoint)")
