@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import FAST, ROOT, train
+from conftest import FAST, ROOT, run_entry, train
 
 from gad.checkpoint_io import AtomicCheckpointIO, link_atomic
 from gad.errors import GADError
@@ -78,6 +78,36 @@ def test_max_steps_counts_method_steps_and_leaves_a_resumable_run(uninterrupted,
     assert saved_step(first) == 5  # five method (not optimizer) steps, and a checkpoint of them
     resumed = train(tmp_path / "resumed", *LONG, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     assert_same_weights(weights(uninterrupted), weights(resumed))
+
+
+def failing_run(log_dir, *overrides: str) -> tuple[subprocess.CompletedProcess, object]:
+    """A run with tests/raise_at_step.py's RaiseAtStep among its callbacks."""
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    args = [f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *LONG,
+            "+callbacks.raise_at._target_=raise_at_step.RaiseAtStep", *overrides]
+    proc = run_entry("train.py", *args, env=env)
+    return proc, max((log_dir / "train" / "runs").iterdir())
+
+
+def test_an_error_between_steps_saves_the_last_step_then_fails_with_its_traceback(uninterrupted, tmp_path):
+    proc, run = failing_run(tmp_path / "failed", "+callbacks.raise_at.step=5")
+    assert proc.returncode != 0 and "RuntimeError: planted failure after step 5" in proc.stderr
+    assert saved_step(run) == 5
+    resumed = train(tmp_path / "resumed", *LONG, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    assert_same_weights(weights(uninterrupted), weights(resumed))
+
+
+def test_an_error_part_way_through_a_step_keeps_the_last_completed_save(tmp_path):
+    # D has stepped, G has not: those weights belong to no step, and must not become last.ckpt
+    proc, run = failing_run(tmp_path / "failed", "callbacks.step_checkpoint.every_n_steps=2",
+                            "+callbacks.raise_at.step=8", "+callbacks.raise_at.where=mid")
+    assert proc.returncode != 0 and "RuntimeError: planted failure in step 8" in proc.stderr
+    assert "step 8 was interrupted part-way" in proc.stderr
+    assert saved_step(run) == 6  # the last periodic save; step 7 completed but its weights are gone mid-step 8
+    folder = run / "checkpoints"  # periodic saves: last.ckpt is step 6's bytes under a second name, written once
+    assert os.path.samefile(folder / "step_000006.ckpt", folder / "last.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == [  # the reference once; no temporary file left
+        "last.ckpt", "reference.pt", "step_000002.ckpt", "step_000004.ckpt", "step_000006.ckpt"]
 
 
 # ---------------------------------------------------------------- writes that cannot destroy what was there

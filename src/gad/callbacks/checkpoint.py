@@ -85,12 +85,14 @@ class StepCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Save the last completed step, if it can be done safely, before the run ends."""
         step = pl_module.completed_steps
-        if not self.save_last or self.saved_step == step or user_error(exception) is not None:
-            return  # nothing new, or a user error (a failed save among them): nothing to add to it
+        if not self.save_last or user_error(exception) is not None:
+            return  # a user error (a failed save among them): nothing to add to it
         if self.in_step:
             kept = f"step {self.saved_step}" if self.saved_step is not None else "what it held"
             rank_zero_warn(f"step {step + 1} was interrupted part-way: not saved; {self.last_path} keeps {kept}")
             return
+        if self.saved_step == step:
+            return  # already saved
         # Saving is a collective under DDP/FSDP: only safe when every rank stops here, as all do on SIGTERM.
         if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
             rank_zero_warn(f"stopped by an error on one rank: {self.last_path} not updated past step {self.saved_step}")
