@@ -11,6 +11,8 @@ import torch
 from conftest import train
 from safetensors.torch import load_file
 
+from gad.checkpoint_io import consolidate, restore_reference
+
 CHECKPOINT_AT_4 = "callbacks.step_checkpoint.every_n_steps=4"  # FAST runs 6 steps: 3 warm-up, 3 adversarial
 
 
@@ -51,10 +53,15 @@ def test_fsdp_trains_the_same_student_as_ddp(runs):
     assert config["architectures"] == ["Qwen2ForCausalLM"]  # exported as the plain class, not the FSDP wrapper
 
 
-def test_an_fsdp_checkpoint_is_the_same_file_as_a_ddp_one(runs):
-    """One file with the full weights and both optimizers' full states, laid out as under DDP (so DDP, one
-    device, eval.py and the notebook read it), holding the weights the run exported."""
-    fsdp, ddp = (torch.load(runs[s] / "checkpoints" / "last.ckpt", weights_only=False) for s in ("fsdp_cpu", "ddp_cpu"))
+def test_an_fsdp_checkpoint_consolidates_into_the_file_ddp_writes(runs):
+    """Per-rank shards in a folder; consolidated: one file with the full weights and both optimizers' full
+    states, laid out as under DDP (so DDP, one device, eval.py and the notebook read it), holding the
+    weights the run exported."""
+    folder = runs["fsdp_cpu"] / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and len(list(folder.glob("*.distcp"))) == 2  # sharded by default: one file per rank
+    fsdp = torch.load(consolidate(folder), weights_only=False)
+    path = runs["ddp_cpu"] / "checkpoints" / "last.ckpt"
+    ddp = restore_reference(torch.load(path, weights_only=False), path)
     assert fsdp["state_dict"].keys() == ddp["state_dict"].keys()
     exported = student(runs["fsdp_cpu"])
     assert all(torch.equal(fsdp["state_dict"][f"generator.{k}"], v) for k, v in exported.items())
@@ -73,6 +80,12 @@ def test_a_ddp_checkpoint_resumes_exactly_under_fsdp(runs, tmp_path):
     column = steps[0].index("train/step")
     assert [float(row[column]) for row in steps[1:] if row[column]] == [5.0, 6.0]  # it went on, not over
     assert max_difference(student(resumed), student(runs[written_under])) < 1e-6
+
+
+def test_a_consolidated_fsdp_checkpoint_resumes_exactly_under_ddp(runs, tmp_path):
+    checkpoint = consolidate(runs["fsdp_cpu"] / "checkpoints" / "step_000004.ckpt", tmp_path / "step_4.ckpt")
+    resumed = train(tmp_path, "trainer=ddp_cpu", f"ckpt_path={checkpoint}")
+    assert max_difference(student(resumed), student(runs["fsdp_cpu"])) < 1e-5  # as DDP and FSDP runs agree
 
 
 def test_lora_adapters_train_under_fsdp(tmp_path):

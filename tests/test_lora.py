@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from gad.checkpoint_io import restore_reference
 from gad.config import validate
 from gad.errors import GADError
 from gad.models import plain_from_state
@@ -33,7 +34,9 @@ def run(tmp_path_factory):
 
 
 def ckpt(run, name="last"):
-    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=False)
+    """A checkpoint as training loads it: with the KL reference (saved once, in reference.pt) put back."""
+    path = run / "checkpoints" / f"{name}.ckpt"
+    return restore_reference(torch.load(path, map_location="cpu", weights_only=False), path)
 
 
 def composed(*overrides: str):

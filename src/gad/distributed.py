@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -89,13 +90,14 @@ class TwoNetworkDDPStrategy(DDPStrategy):
 class TwoNetworkFSDPStrategy(ModelParallelStrategy):
     """FSDP2 over all ranks (pure data parallel, no tensor parallelism), with manual optimisation.
 
-    Checkpoints are gathered into one file on rank 0 (`save_distributed_checkpoint=False`), the
-    format `ckpt_path=`, `src/eval.py` and the notebook read under every strategy; pass
-    `save_distributed_checkpoint=true` for per-rank shards when a full copy does not fit in
-    rank 0's CPU memory (those resume only under this strategy).
+    Checkpoints are per-rank shards in a folder by default (`save_distributed_checkpoint=True`,
+    torch.distributed.checkpoint): each rank writes its 1/world, nothing is gathered on rank 0.
+    `python -m gad.checkpoint_io consolidate <folder>` turns one into the single file any strategy
+    resumes (`gad.runs.load_module` reads the folder directly). `save_distributed_checkpoint=false`
+    gathers every save into that one file on rank 0 instead.
     """
 
-    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = False,
+    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True,
                  reshard_after_forward: bool = True):
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
                          save_distributed_checkpoint=save_distributed_checkpoint,
@@ -111,6 +113,24 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Shards go to a temporary folder beside `filepath` that then replaces it (Lightning writes
+        them into the destination in place: a failed save would leave a mixed folder, and a folder
+        sharing its files with a periodic save through hard links would change that one too)."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        from gad.checkpoint_io import replace_dir
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.partial")  # one name for every rank: they write into one folder
+        if self.is_global_zero and tmp.exists():
+            shutil.rmtree(tmp)
+        self.barrier("save_checkpoint.clean")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("save_checkpoint.written")
+        if self.is_global_zero:
+            replace_dir(tmp, path)
+
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         """Like Lightning's, but each optimizer's state is matched to its own parameters.
 
@@ -125,6 +145,7 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
         from lightning.fabric.strategies.model_parallel import _load_raw_module_state
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        from gad.checkpoint_io import restore_reference
         from gad.trust import check_sharded_checkpoint, load_checkpoint
 
         path = Path(self.broadcast(checkpoint_path))
@@ -132,6 +153,7 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
             check_sharded_checkpoint(path)  # torch.distributed.checkpoint unpickles its metadata freely
             return super().load_checkpoint(path, weights_only=True)
         checkpoint = load_checkpoint(path, mmap=True)
+        restore_reference(checkpoint, path)  # the KL reference, saved once beside the checkpoints
         _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=self.lightning_module.strict_loading)
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"]):

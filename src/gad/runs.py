@@ -10,9 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from gad.checkpoint_io import load_sharded, restore_reference
 from gad.errors import GADError
 from gad.train import build_module
-from gad.trust import check_received_config, load_checkpoint
+from gad.trust import check_received_config, check_sharded_checkpoint, load_checkpoint
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
@@ -48,9 +49,15 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     """Rebuild a run's LightningModule from its config and load a checkpoint (default: last.ckpt)."""
     cfg = run_config(run_dir)
     ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise GADError(f"{ckpt}: no such checkpoint")
-    state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
+    if ckpt.is_dir():  # FSDP's per-rank shards (trainer=fsdp), read whole
+        check_sharded_checkpoint(ckpt)  # torch.distributed.checkpoint unpickles its metadata freely
+        state = load_sharded(ckpt)
+    else:
+        state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
+    restore_reference(state, ckpt)  # GAD's KL reference is saved once, beside the checkpoints
+    module = build_module(cfg)
     module = build_module(cfg)
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from gad.checkpoint_io import AtomicCheckpointIO
 from gad.config import validate
-from gad.distributed import finish_distributed
+from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
-from gad.trust import check_checkpoint
+from gad.trust import check_checkpoint, check_sharded_checkpoint
 
 # Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and
 # our own checkpoints are trusted pickles (they hold optimizer and loop state).
@@ -36,13 +42,51 @@ def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
     return instantiate(cfg.method, student=student, tokenizer=tokenizer, lora=cfg.model.get("lora"))
 
 
+class StopAtStep(L.Callback):
+    """`trainer.max_steps`, in method steps: stop once the run has completed `max_steps` of them
+    (counted from the run's start, so a resumed run stops at the same step). Lightning's own
+    max_steps counts optimizer steps, two per GAD step."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.completed_steps >= self.max_steps:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if pl_module.completed_steps >= self.max_steps:
+            trainer.should_stop = True  # before StepCheckpoint runs, so it writes last.ckpt
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(trainer: L.Trainer) -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) stops the run the way Lightning stops on SIGTERM: the current step finishes,
+    then the loop raises SIGTERMException, callbacks' `on_exception` save it. A second Ctrl-C
+    abandons the step at once (KeyboardInterrupt). Yields the list of signals received."""
+    received: list[int] = []
+
+    def on_sigint(signum, frame) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        trainer._signal_connector.received_sigterm = True  # the flag Lightning's loops check after each step
+        rank_zero_info("\ninterrupted: stopping after the current step (Ctrl-C again to abandon it)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it)."""
     validate(cfg)
-    if cfg.get("ckpt_path") and not os.path.isfile(cfg.ckpt_path):
+    if cfg.get("ckpt_path") and not os.path.exists(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path)  # one line for a file that needs more than weights_only=True allows
+    if cfg.get("ckpt_path"):  # one line for a file that needs more than weights_only=True allows
+        (check_sharded_checkpoint if os.path.isdir(cfg.ckpt_path) else check_checkpoint)(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -56,11 +100,26 @@ def train(cfg: DictConfig) -> float | None:
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    max_steps = cfg.trainer.get("max_steps") or -1
+    if max_steps > 0:
+        callbacks.insert(0, StopAtStep(max_steps))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, max_steps=-1, plugins=[AtomicCheckpointIO()]
+    )
+    if cfg.get("ckpt_path") and os.path.isdir(cfg.ckpt_path) and not isinstance(trainer.strategy, TwoNetworkFSDPStrategy):
+        raise GADError(f"ckpt_path: '{cfg.ckpt_path}' is a sharded (FSDP) checkpoint; resume it with trainer=fsdp, "
+                       f"or make it one file first: python -m gad.checkpoint_io consolidate {cfg.ckpt_path}")
     try:
-        # weights_only=True: a resumed checkpoint may come from someone else and must not run code (gad.trust).
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+        with stop_on_interrupt(trainer) as interrupted:
+            # weights_only=True: a resumed checkpoint may come from someone else and must not run code (gad.trust).
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        # Lightning ends a SIGTERM'd run with SystemExit(None), i.e. exit 0: a scheduler would take
+        # a preempted run for a finished one. Exit as a signal-killed process does (128 + signal).
+        signum = interrupted[0] if interrupted else signal.SIGTERM
+        rank_zero_info(f"stopped by {signal.Signals(signum).name} after step {module.completed_steps}")
+        raise SystemExit(128 + signum) from None
     finally:
         finish_distributed()
     return results[0].get(cfg.get("optimized_metric", "val/nll")) if results else None

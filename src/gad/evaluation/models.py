@@ -73,14 +73,14 @@ def resolve_spec(name: str, spec: Any, log_dir: str | os.PathLike) -> ModelSpec:
         if not (path / "config.yaml").is_file():
             raise GADError(f"models.{name}: '{raw}': init: needs a training run folder (with config.yaml)")
         return _finish(ModelSpec(name, raw, INIT, str(path.resolve()), run_dir=str(path.resolve())))
-    if path.is_file() and path.suffix == ".ckpt":
+    if path.exists() and path.suffix == ".ckpt":  # a file, or a folder of FSDP shards
         run_dir = path.resolve().parent.parent
         if not (run_dir / "config.yaml").is_file():
             raise GADError(f"models.{name}: '{raw}': a checkpoint must sit in <run>/checkpoints/ (no config.yaml in {run_dir})")
         return _finish(ModelSpec(name, raw, CKPT, str(path.resolve()), run_dir=str(run_dir)))
     if path.is_dir() and (path / "config.yaml").is_file():
         ckpt = path / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
+        if not ckpt.exists():
             raise GADError(f"models.{name}: '{raw}': the run has no checkpoints/last.ckpt yet")
         return _finish(ModelSpec(name, raw, RUN, str(ckpt.resolve()), run_dir=str(path.resolve())))
     if path.is_dir():

@@ -89,7 +89,7 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise GADError(f"select.run: '{run_text}' is not a training run folder (no config.yaml)")
     ckpts = checkpoints(run_dir)
-    if sel.get("include_last") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if sel.get("include_last") and (run_dir / "checkpoints" / "last.ckpt").exists():
         ckpts.append(run_dir / "checkpoints" / "last.ckpt")
     if not ckpts:
         raise GADError(f"select.run: {run_dir} has no checkpoints/step_*.ckpt (set callbacks.step_checkpoint.every_n_steps)")
