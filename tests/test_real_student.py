@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from gad.chat import system_prompt_sent, template_default_system, with_system_pr
 from gad.config import validate
 from gad.data import DistillDataModule
 from gad.errors import GADError
-from gad.models import load_tokenizer
+from gad.models import load_student, load_tokenizer
 from gad.teacher.collect import plan_from_config
 
 SMOLLM_VOCAB = 49152  # SmolLM2's tokenizer (the toy byte tokenizer has 259 tokens)
@@ -51,12 +52,13 @@ def dump(tmp_path_factory) -> Path:
 def tiny(smollm2: Path, dump: Path) -> list[str]:
     """2 prompts x 2 samples x 8 new tokens; no per-step checkpoints unless a test asks (each GAD one is ~3.8 GB)."""
     return ["model=smollm2-135m", f"model.student.name_or_path={smollm2}", "data=dump", f"data.path={dump}",
-            "data.batch_size=2", "data.max_response_tokens=8", "data.val_size=2", "method.num_samples=2",
+            "data.batch_size=2", "data.max_response_tokens=8", "data.val_size=2",
             "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
             "callbacks.progress_bar=null", "callbacks.rollout_samples=null"]
 
 
-GAD = ["method.warmup_steps=2", "method.d_only_steps=1", "method.adversarial_steps=2"]
+GAD = ["method.num_samples=2", "method.warmup_steps=1", "method.d_only_steps=0", "method.adversarial_steps=2",
+       "callbacks.step_checkpoint.every_n_steps=2"]
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
@@ -69,23 +71,22 @@ def steps(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gad_run(tmp_path_factory, smollm2, dump):
-    """Warm-up (1 D-only step + 1), then 2 adversarial steps; step_3 (the first adversarial step) and last."""
-    run = train(tmp_path_factory.mktemp("gad"), *tiny(smollm2, dump), *GAD, "callbacks.step_checkpoint.every_n_steps=3",
-                fast=False)
+    """1 warm-up step, then 2 adversarial steps; checkpoints step_2 (the first adversarial step) and last."""
+    run = train(tmp_path_factory.mktemp("gad"), *tiny(smollm2, dump), *GAD, fast=False)
     yield run
     shutil.rmtree(run / "checkpoints", ignore_errors=True)  # ~7.5 GB: pytest keeps its last 3 temp folders
 
 
 def test_gad_resumed_in_the_adversarial_phase_ends_with_the_same_weights(gad_run, smollm2, dump, tmp_path):
     phases = [float(r["train/phase"]) for r in steps(gad_run)]
-    assert phases == [0, 0, 1, 1]
-    resumed = train(tmp_path, *tiny(smollm2, dump), *GAD, f"ckpt_path={gad_run / 'checkpoints' / 'step_000003.ckpt'}",
-                    "callbacks.step_checkpoint.every_n_steps=3", fast=False)
+    assert phases == [0, 1, 1]
+    resumed = train(tmp_path, *tiny(smollm2, dump), *GAD, f"ckpt_path={gad_run / 'checkpoints' / 'step_000002.ckpt'}",
+                    fast=False)
     try:
         a, b = state(gad_run / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
         assert a.keys() == b.keys() and any(k.startswith("reference.") for k in a)
         assert not [k for k in a if not torch.equal(a[k], b[k])]
-        assert [float(r["train/step"]) for r in steps(resumed)] == [4]
+        assert [float(r["train/step"]) for r in steps(resumed)] == [3]
     finally:
         shutil.rmtree(resumed / "checkpoints", ignore_errors=True)
 
@@ -102,11 +103,11 @@ def test_exported_student_is_smollm2_with_its_own_tokenizer(gad_run, smollm2):
 
 def test_eval_on_the_exported_student(gad_run, dump, tmp_path):
     proc = run_entry("eval.py", f"paths.log_dir={tmp_path}", "progress=false", f"models={{gad: '{gad_run / 'student'}'}}",
-                     f"prompt_sets={{chat: '{dump}'}}", "generation.max_new_tokens=8", "plot=false")
+                     f"prompt_sets={{chat: '{dump}'}}", "limit=2", "generation.max_new_tokens=8", "plot=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = Path(re.search(r"^outputs: (.+)$", proc.stdout, re.M).group(1))
     rows = json.loads((out / "summary.json").read_text())["rows"]
-    assert [(r["model"], r["set"], r["n"]) for r in rows] == [("gad", "chat", len(CHAT))]
+    assert [(r["model"], r["set"], r["n"]) for r in rows] == [("gad", "chat", 2)]
     assert 0 < rows[0]["tokens_mean"] <= 8 and math.isfinite(rows[0]["perplexity"])
 
 
@@ -138,7 +139,7 @@ def test_kd_with_smollm2_as_its_own_local_teacher(smollm2, dump, tmp_path):
 
 
 def test_lora_on_both_networks(smollm2, dump, tmp_path):
-    run = train(tmp_path, *tiny(smollm2, dump), "method.warmup_steps=1", "method.d_only_steps=0",
+    run = train(tmp_path, *tiny(smollm2, dump), "method.num_samples=2", "method.warmup_steps=1", "method.d_only_steps=0",
                 "method.adversarial_steps=1", "model.lora.generator=true", "model.lora.discriminator=true",
                 "model.lora.r=4", "method.generator_optimizer.lr=1e-3", "callbacks.step_checkpoint=null", fast=False)
     assert [float(r["train/phase"]) for r in steps(run)] == [0, 1]
@@ -235,3 +236,11 @@ def test_the_toy_template_renders_as_before():
     tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
     messages = [{"role": "user", "content": "Max: 3 7 1"}]
     assert template_default_system(tok) == "" and with_system_prompt(messages, "none", tok) == messages
+
+
+def test_activation_checkpointing_without_a_deprecation_warning():
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").student.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # gradient_checkpointing_enable warns in transformers 5.2x
+        model = load_student(config=config, gradient_checkpointing=True)
+    assert model.is_activation_checkpointing

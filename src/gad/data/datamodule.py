@@ -147,8 +147,9 @@ class DistillDataModule(L.LightningDataModule):
         return datasets.DatasetDict(train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)), stats
 
     def _encode(self, records: list[dict], stats: dict[str, Any]) -> list[dict]:
+        conversations = [with_system_prompt(r["messages"], self.system_prompt, self.tokenizer) for r in records]
         prompts = self.tokenizer.apply_chat_template(
-            [with_system_prompt(r["messages"], self.system_prompt, self.tokenizer) for r in records], add_generation_prompt=True, tokenize=True, return_dict=False
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=False
         )
         responses = self.tokenizer([r["response"] for r in records], add_special_tokens=False)["input_ids"]
         out, dropped, cut_prompts, cut_responses = [], 0, 0, 0
