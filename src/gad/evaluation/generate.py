@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from gad.api.journal import Journal
+from gad.chat import with_system_prompt
 from gad.evaluation.models import ModelSpec, load_model_for
 
 
@@ -40,6 +41,7 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16
+    system_prompt: str = "none"  # gad.chat policy for conversations without a system turn
 
     def key(self) -> dict[str, Any]:
         """What changes the text (batch size does not, for greedy decoding)."""
@@ -97,7 +99,7 @@ class StudentRunner:
         self.load_kwargs = dict(device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.console = console
         template = sha(str(getattr(tokenizer, "chat_template", "")))[:16]
-        self.base = {"model": spec.fingerprint, "template": template}
+        self.base = {"model": spec.fingerprint, "template": template, "system_prompt": gen.system_prompt}
         self.journal = Journal(Path(cache_dir) / "students" / f"{spec.fingerprint}.jsonl", fsync_interval_s=1.0)
         self.journal.open()
         self.values: dict[str, dict[str, Any]] = {r["id"]: r for r in self.journal.records()}
@@ -184,7 +186,7 @@ class StudentRunner:
             max_new_tokens=self.gen.max_new_tokens, eos_ids=self.eos_ids, pad_id=tok.pad_token_id,
             temperature=self.gen.temperature, top_p=self.gen.top_p, greedy=self.gen.greedy,
         )
-        items = list(missing.items())
+        items = [(key, with_system_prompt(m, self.gen.system_prompt, tok)) for key, m in missing.items()]
         lengths = tok.apply_chat_template([m for _, m in items], add_generation_prompt=True, tokenize=True, return_dict=False)
         order = sorted(range(len(items)), key=lambda i: -len(lengths[i]))  # similar lengths batch together
         if not self.gen.greedy:
@@ -208,7 +210,7 @@ class StudentRunner:
 
         model = self._model()
         tok = self.tokenizer
-        items = list(todo.items())
+        items = [(key, (with_system_prompt(m, self.gen.system_prompt, tok), t)) for key, (m, t) in todo.items()]
         prompts = tok.apply_chat_template([m for _, (m, _) in items], add_generation_prompt=True, tokenize=True, return_dict=False)
         responses = tok([t for _, (_, t) in items], add_special_tokens=False)["input_ids"]
         end = tok.eos_token_id  # the end-of-turn token training appends (data.end_of_turn default)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gad.chat import system_prompt_sent, with_system_prompt
 from gad.errors import GADError
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -128,7 +129,7 @@ class JudgeConfig:
         return cls(
             model=str(get("model")), concurrency=concurrency, temperature=get("temperature", 0.0),
             max_tokens_field=field_name, reference_max_tokens=reference.get("max_tokens", 2048),
-            reference_system_prompt=reference.get("system_prompt"), verdict_max_tokens=verdict.get("max_tokens", 512),
+            reference_system_prompt=system_prompt_sent(reference.get("system_prompt")), verdict_max_tokens=verdict.get("max_tokens", 512),
             both_orders=bool(get("both_orders", True)), parse_retries=retries,
             retry_rejected=bool(get("retry_rejected", False)), abort_after_failures=int(get("abort_after_failures", 50)),
             extra_body=dict(get("extra_body") or {}), price_in_per_mtok=get("price_in_per_mtok"),
@@ -322,9 +323,7 @@ class Judge:
     async def _reference(self, client, item: dict, messages: list[dict], stats: JudgeStats):
         from gad.api import FAILED, OK, REJECTED, Outcome
 
-        prompt = list(messages)
-        if self.cfg.reference_system_prompt:
-            prompt = [{"role": "system", "content": self.cfg.reference_system_prompt}] + prompt
+        prompt = with_system_prompt(messages, self.cfg.reference_system_prompt)  # as a teacher is sent it (gad.chat)
         reply, error = await self._call(client, prompt, self.cfg.reference_max_tokens, stats)
         if error is not None:
             status = FAILED if error.scope == "transient" else REJECTED

@@ -47,6 +47,7 @@ from gad.api.client import (
 from gad.api.journal import Journal
 from gad.api.runner import FAILED, OK, REJECTED, FatalRunError, Outcome, RunStats, pending_items, run_journaled
 from gad.api.summary import estimate_cost, summary_table
+from gad.chat import NONE, TEMPLATE_DEFAULT, system_prompt_sent, with_system_prompt
 from gad.errors import GADError
 from gad.teacher.config import plain
 
@@ -234,8 +235,30 @@ def plan_from_config(cfg: Any) -> CollectPlan:
         fsync_interval_s=float(fsync),
         progress=bool(c.get("progress", True)),
         client=ClientSettings.from_config(teacher_cfg, prefix="teacher"),
-        teacher=teacher_spec(teacher_cfg, prefix="teacher"),
+        teacher=_with_policy(teacher_spec(teacher_cfg, prefix="teacher"), c),
     )
+
+
+def _with_policy(spec: TeacherSpec, c: Mapping[str, Any]) -> TeacherSpec:
+    """`spec` with the system prompt that `system_prompt` (gad.chat; training's data.system_prompt) sends."""
+    policy = str(c.get("system_prompt") or NONE)
+    if policy == NONE:
+        return spec  # (teacher.system_prompt, if set, is the explicit text)
+    if spec.system_prompt:
+        raise GADError(f"teacher.system_prompt and system_prompt={policy} are both set: keep one")
+    tokenizer = None
+    if policy == TEMPLATE_DEFAULT:
+        from transformers import AutoTokenizer
+
+        path = c.get("system_prompt_tokenizer")
+        if not path:
+            raise GADError("system_prompt=template_default needs system_prompt_tokenizer=<the student's tokenizer folder or hub id>")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise GADError(f"system_prompt_tokenizer: cannot load '{path}' ({type(err).__name__})") from None
+    spec.system_prompt = system_prompt_sent(policy, tokenizer)
+    return spec
 
 
 # ------------------------------------------------------------------------------------- the work
@@ -249,9 +272,7 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
     where = plan.client.base_url or "the OpenAI API"
 
     async def work(prompt: dict[str, Any]) -> Outcome:
-        messages = prompt["messages"]
-        if spec.system_prompt:
-            messages = [{"role": "system", "content": spec.system_prompt}, *messages]
+        messages = with_system_prompt(prompt["messages"], spec.system_prompt)  # (own system turns win)
 
         def failure(status: str, kind: str, detail: str, reply: Any = None, retries: int = 0) -> Outcome:
             rec: dict[str, Any] = {"id": prompt["id"], "status": status, "reason": kind, "detail": detail, "attempts": retries + 1}
@@ -293,6 +314,7 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
         meta.update(
             finish_reason=reply.finish_reason,
             usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+            system_prompt=messages[0]["content"] if messages[0]["role"] == "system" else None,  # as sent
         )
         if reply.model and reply.model != spec.model:
             meta["served_model"] = reply.model
