@@ -176,3 +176,18 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
+
+
+RUN_FIGURES = ("training_curves.png", "d_score_histograms.png", "response_length.png")
+
+
+def save_run_figures(directory: str | Path, metrics: pd.DataFrame, rollouts: pd.DataFrame | None = None) -> list[Path]:
+    """The run's figures as PNGs in `directory`: training curves with the phase boundary, D-score
+    histograms early vs late (only with `rollouts`), response length vs the teacher's over steps.
+    Returns the paths written, in `RUN_FIGURES` order."""
+    directory = Path(directory)
+    written = [save_figure(plot_training_curves(metrics), directory / RUN_FIGURES[0])]
+    if rollouts is not None and len(rollouts):
+        written.append(save_figure(plot_score_histograms(rollouts), directory / RUN_FIGURES[1]))
+    written.append(save_figure(plot_length_over_training(metrics, rollouts), directory / RUN_FIGURES[2]))
+    return written
