@@ -26,6 +26,8 @@ QUIET_FAST += ["callbacks.toy_accuracy.limit=4", "callbacks.rollout_samples.ever
 NOISE = [
     re.compile(r"warn", re.IGNORECASE),                 # Python warnings, library loggers' WARNING lines
     re.compile(r"deprecat", re.IGNORECASE),
+    re.compile(r"\.py:\d+: "),                          # a warning's source location (Lightning's omit the category)
+    re.compile(r"^\[?(transformers|datasets|wandb|mlflow)\b", re.IGNORECASE),  # library loggers' prefixes
     re.compile(r"\d+%\|"),                              # tqdm bars ("Saving the dataset", "Writing model shards")
     re.compile(r"(it|examples)/s\]"),
     re.compile(r"GPU available|TPU available|Tip:|LitLogger"),  # Lightning's info lines
