@@ -74,7 +74,9 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
                             alpha=0.2, label="+- 1 std (over samples)")
     else:
         _not_logged(ax, "reward")
-    ax.set(title="Reward (D score of student samples)", ylabel="reward", xlabel="training step")
+    # The same D scores are the policy's reward only after the boundary; warm-up has no policy step.
+    ax.set(title="D score of student samples\n(the reward, once adversarial)", ylabel="D score (reward)",
+           xlabel="training step")
 
     ax = axes[4]
     found = _series(ax, metrics, "response_len", color=STUDENT_COLOR, label="student samples (mean)")
