@@ -25,10 +25,12 @@ from gad.errors import exit_on_interrupt, exit_on_user_error, run_cli  # noqa: E
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from gad.evaluation.evaluate import evaluate  # heavy imports after composition keeps --help and --cfg fast
+    from gad.console import setup as setup_console  # third-party bars and info logs off unless verbose=true
 
     # Generations, perplexities and judge replies reach their journals as they come: Ctrl-C keeps them.
     with exit_on_user_error(), exit_on_interrupt("what was generated and judged so far is cached: "
                                                  "re-run the same command to continue"):
+        setup_console(cfg)
         status = evaluate(cfg)
     if status:
         sys.exit(status)

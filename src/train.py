@@ -21,8 +21,10 @@ from gad.errors import exit_on_user_error, run_cli  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from gad.train import train  # heavy imports after composition keeps --help and --cfg fast
+    from gad.console import setup as setup_console  # third-party bars and info logs off unless verbose=true
 
     with exit_on_user_error():
+        setup_console(cfg, run_dir=cfg.paths.output_dir)
         return train(cfg)
 
 

@@ -24,9 +24,11 @@ def generation_config(
     *, max_new_tokens: int, eos_ids: list[int], pad_id: int, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
 ) -> GenerationConfig:
     sampling = {} if greedy else dict(temperature=temperature, top_p=top_p)
+    # top_k acts only when sampling; set on a greedy config, transformers warns that it is ignored.
+    warpers = {k: v for k, v in NEUTRAL_WARPERS.items() if not (greedy and k == "top_k")}
     return GenerationConfig(
         do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-        use_cache=True, **sampling, **NEUTRAL_WARPERS,
+        use_cache=True, **sampling, **warpers,
     )
 
 

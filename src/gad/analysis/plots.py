@@ -74,7 +74,9 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
                             alpha=0.2, label="+- 1 std (over samples)")
     else:
         _not_logged(ax, "reward")
-    ax.set(title="Reward (D score of student samples)", ylabel="reward", xlabel="training step")
+    # The same D scores are the policy's reward only after the boundary; warm-up has no policy step.
+    ax.set(title="D score of student samples\n(the reward, once adversarial)", ylabel="D score (reward)",
+           xlabel="training step")
 
     ax = axes[4]
     found = _series(ax, metrics, "response_len", color=STUDENT_COLOR, label="student samples (mean)")
@@ -176,3 +178,18 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
+
+
+RUN_FIGURES = ("training_curves.png", "d_score_histograms.png", "response_length.png")
+
+
+def save_run_figures(directory: str | Path, metrics: pd.DataFrame, rollouts: pd.DataFrame | None = None) -> list[Path]:
+    """The run's figures as PNGs in `directory`: training curves with the phase boundary, D-score
+    histograms early vs late (only with `rollouts`), response length vs the teacher's over steps.
+    Returns the paths written, in `RUN_FIGURES` order."""
+    directory = Path(directory)
+    written = [save_figure(plot_training_curves(metrics), directory / RUN_FIGURES[0])]
+    if rollouts is not None and len(rollouts):
+        written.append(save_figure(plot_score_histograms(rollouts), directory / RUN_FIGURES[1]))
+    written.append(save_figure(plot_length_over_training(metrics, rollouts), directory / RUN_FIGURES[2]))
+    return written

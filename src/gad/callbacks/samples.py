@@ -1,4 +1,5 @@
-"""Periodic rollout samples with their discriminator scores, as JSONL for the notebook."""
+"""Periodic rollout samples with their discriminator scores: JSONL for the notebook, and the
+same samples as a table plus D-score histograms in whichever trackers the run logs to."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from pathlib import Path
 import lightning as L
 
 from gad.methods.gad import phase_name
+from gad.trackers import log_rollouts
 
 
 class RolloutSamples(L.Callback):
     """Appends up to `max_prompts` prompts of the step's rollout to `<dirpath>/rollouts.jsonl`.
 
     One line per prompt: step, phase, prompt id, teacher response and score, and each
-    student sample with its score (the reward it was given) and length in tokens.
+    student sample with its score (in the adversarial phase, its reward) and length in tokens. The same
+    samples go to the run's trackers (`gad.trackers.log_rollouts`) as a table with D-score histograms.
     """
 
     def __init__(self, dirpath: str, every_n_steps: int = 10, max_prompts: int = 4):
@@ -29,20 +32,24 @@ class RolloutSamples(L.Callback):
         batch, rollout, scores = last
         decode = pl_module.tokenizer.decode
         n = rollout.num_samples
+        records = []
+        for i in range(min(self.max_prompts, len(batch["ids"]))):
+            prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+            teacher = batch["response_ids"][i][batch["response_mask"][i].bool()]
+            samples = []
+            for j in range(i * n, (i + 1) * n):
+                tokens = rollout.response_ids[j][rollout.response_mask[j].bool()]
+                samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
+                                "length": len(tokens)})
+            records.append({
+                "step": step, "phase": phase_name(outputs.get("train/phase", 0.0)),
+                "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
+                "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
+                "teacher_length": len(teacher), "samples": samples,
+            })
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            for i in range(min(self.max_prompts, len(batch["ids"]))):
-                prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
-                teacher = batch["response_ids"][i][batch["response_mask"][i].bool()]
-                samples = []
-                for j in range(i * n, (i + 1) * n):
-                    tokens = rollout.response_ids[j][rollout.response_mask[j].bool()]
-                    samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
-                                    "length": len(tokens)})
-                record = {
-                    "step": step, "phase": phase_name(outputs.get("train/phase", 0.0)),
-                    "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
-                    "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
-                    "teacher_length": len(teacher), "samples": samples,
-                }
+            for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # Lightning's loggers put method step k at x = k - 1 (their step counts batches from 0).
+        log_rollouts(trainer.loggers, records, scores.teacher, scores.student, step - 1)

@@ -1,4 +1,5 @@
-"""The table printed at the end of a run, also written to `<run>/summary.json`."""
+"""The tables printed at the end of a run (also written to `<run>/summary.json`), and the run's
+figures written to `<run>/figures/`."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
-from rich.console import Console
 from rich.table import Table
 
+from gad.console import console
 from gad.methods.gad import phase_name
 
 COLUMNS = {  # metric -> column title (short: the table must fit an 80-column terminal)
     "train/d_acc": "D acc",
     "train/score_gap": "D gap",
-    "train/reward_mean": "reward",
+    "train/reward_mean": "reward",  # shown for the adversarial phase only: no other phase has a policy step
     "train/response_len": "len",
     "train/teacher_len": "t len",
     "train/sft_loss": "CE",
@@ -23,16 +24,23 @@ COLUMNS = {  # metric -> column title (short: the table must fit an 80-column te
 }
 
 
+REWARDED_PHASES = {"adversarial"}  # phases whose policy step takes D's scores of the samples as rewards
+
+
 class RunSummary(L.Callback):
     """Per phase, the mean of each watched metric over the phase's last `window` steps.
 
     Other callbacks add before/after results with `add_result` (e.g. held-out toy accuracy).
+    With `figures`, the run's figures (`gad.analysis.plots.save_run_figures`) go to
+    `<dirpath>/figures/`, drawn from the steps seen here and `<dirpath>/rollouts.jsonl`.
     """
 
-    def __init__(self, dirpath: str, window: int = 10):
-        self.path = Path(dirpath) / "summary.json"
-        self.window = window
+    def __init__(self, dirpath: str, window: int = 10, figures: bool = True):
+        self.dirpath = Path(dirpath)
+        self.path = self.dirpath / "summary.json"
+        self.window, self.figures = window, figures
         self.history: dict[str, list[dict[str, float]]] = defaultdict(list)
+        self.steps: list[dict[str, float]] = []  # every step's logged metrics, for the figures
         self.results: dict[str, dict[str, float]] = {}
 
     def add_result(self, name: str, **values: float) -> None:
@@ -43,6 +51,7 @@ class RunSummary(L.Callback):
             # Methods without phases (SeqKD, KD) log no train/phase.
             phase = phase_name(outputs["train/phase"]) if "train/phase" in outputs else "training"
             self.history[phase].append({k: v for k, v in outputs.items() if k in COLUMNS})
+            self.steps.append({k: float(v) for k, v in outputs.items()})
 
     def phase_means(self) -> dict[str, dict[str, float]]:
         table = {}
@@ -59,17 +68,19 @@ class RunSummary(L.Callback):
         phases = self.phase_means()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({"phases": phases, "results": self.results}, indent=2))
-        console = Console()
+        out = console()
         table = Table(title=f"run summary: mean of each phase's last {self.window} steps",
-                      caption="D gap: mean D score, teacher minus student; len / t len: student / teacher tokens")
+                      caption="D gap: mean D score, teacher minus student; reward: D score of the student's samples, "
+                              "where a policy step uses it; len / t len: student / teacher tokens")
         table.add_column("phase", no_wrap=True, min_width=11)
         table.add_column("steps", justify="right")
         for title in COLUMNS.values():
             table.add_column(title, justify="right")
         for phase, means in phases.items():
-            cells = [f"{means[k]:.3f}" if k in means else "-" for k in COLUMNS]
+            shown = {k: v for k, v in means.items() if k != "train/reward_mean" or phase in REWARDED_PHASES}
+            cells = [f"{shown[k]:.3f}" if k in shown else "-" for k in COLUMNS]
             table.add_row(phase, str(means["steps"]), *cells)
-        console.print(table)
+        out.print(table)
         if self.results:
             results = Table(title="held-out results")
             names = sorted({k for v in self.results.values() for k in v}, key=lambda n: (n != "before", n))
@@ -78,4 +89,18 @@ class RunSummary(L.Callback):
                 results.add_column(n, justify="right")
             for metric, values in self.results.items():
                 results.add_row(metric, *(f"{values[n]:.3f}" if n in values else "-" for n in names))
-            console.print(results)
+            out.print(results)
+        if self.figures and self.steps:
+            paths = self.write_figures()
+            out.print(f"figures: {paths[0].parent}/ ({', '.join(p.name for p in paths)})", highlight=False, soft_wrap=True)
+
+    def write_figures(self) -> list[Path]:
+        """Draw the run's figures from the steps seen and the logged rollout samples (if any)."""
+        import pandas as pd  # plotting imports only where figures are drawn
+
+        from gad.analysis.plots import save_run_figures
+        from gad.analysis.runs_data import load_rollouts, metrics_frame
+
+        metrics = metrics_frame(pd.DataFrame(self.steps))
+        rollouts = load_rollouts(self.dirpath) if (self.dirpath / "rollouts.jsonl").is_file() else None
+        return save_run_figures(self.dirpath / "figures", metrics, rollouts)

@@ -19,12 +19,12 @@ from typing import Any
 import datasets
 import lightning as L
 import torch
-from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from gad.chat import with_system_prompt
+from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
@@ -185,10 +185,11 @@ class DistillDataModule(L.LightningDataModule):
         return Path(self.cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def _print_report(self) -> None:
-        table = Table(title=f"data: {self.path}", show_header=False)
+        table = Table(title="data", show_header=False)
+        table.add_row("source", str(self.path))  # a cell, not the title: a long path is never cut mid-word
         for key, value in self.stats.items():
             table.add_row(key, str(value))
-        Console(stderr=True).print(table)
+        console().print(table)
 
     # ------------------------------------------------------------ loaders
 
