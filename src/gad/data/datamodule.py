@@ -159,6 +159,7 @@ class DistillDataModule(L.LightningDataModule):
         records, report = read_records(self.path, self.columns, split=self.split, skip_invalid=self.skip_invalid)
         stats: dict[str, Any] = {"rows": report.rows, "invalid_skipped": sum(report.skipped.values())}
         stats.update({f"invalid: {k}": v for k, v in report.skipped.items()})
+        stats.update({f"files skipped: {k}": v for k, v in report.files_skipped.items()})
         encoded = self._encode(records, stats)
         if not encoded:
             raise GADError(f"{self.path}: every prompt is longer than data.max_prompt_tokens={self.max_prompt_tokens}")
