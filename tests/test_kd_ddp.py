@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import FAST, ROOT, train
+from conftest import FAST, ROOT
 
 BUILD_RACE = textwrap.dedent('''
     import sys, time
@@ -84,11 +84,51 @@ KD = [o for o in FAST if not o.startswith("method.")] + [
 ]
 
 
-@pytest.mark.parametrize("variant", [["method.on_policy=false", "method.alpha=0.5"], ["method.alpha=0"]],
-                         ids=["off_policy", "alpha0"])
-def test_kd_ranks_end_with_identical_weights(tmp_path, variant):
-    # A fresh cache: both ranks race to build the toy teacher (2 fitting steps), as on a fresh checkout.
-    run = train(tmp_path, *KD, *variant)
+VARIANTS = {"off_policy": ["method.on_policy=false", "method.alpha=0.5"], "alpha0": ["method.alpha=0"]}
+
+
+@pytest.fixture(scope="module")
+def kd_runs(tmp_path_factory):
+    """Both runs at once (each is two processes). A fresh cache each: both ranks race to build the
+    toy teacher (2 fitting steps), as on a fresh checkout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    logs = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), f"paths.log_dir={logs[name]}",
+                                     f"paths.cache_dir={logs[name]}/cache", *KD, *variant],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, variant in VARIANTS.items()}
+    results = {name: (proc, *proc.communicate(timeout=600)) for name, proc in procs.items()}
+    return logs, results
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kd_ranks_end_with_identical_weights(kd_runs, variant):
+    logs, results = kd_runs
+    proc, out, err = results[variant]
+    assert proc.returncode == 0, err[-3000:]
+    (run,) = (logs[variant] / "train" / "runs").iterdir()
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    assert sum(text.count("[kd] fitting") for text in (out, err)) == 1  # the teacher was fitted by one rank only
+
+
+def test_a_wrapped_networks_step_without_an_all_reduce_is_refused():
+    """The guard behind the test above: any future call site that runs a training forward on the
+    bare network (not `self.network(name)`) fails at its optimizer step instead of drifting."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from gad.methods.base import DistillModule
+
+    wrapper = SimpleNamespace(no_sync=contextlib.nullcontext)
+    module = SimpleNamespace(wrapped={"generator": wrapper}, synced=set(), networks={})
+    with pytest.raises(RuntimeError, match="never all-reduced across ranks"):
+        DistillModule.step_optimizer(module, "generator")
+    with DistillModule.network(module, "generator", sync=False) as net:  # accumulating only: still not synced
+        assert net is wrapper
+    with pytest.raises(RuntimeError, match="never all-reduced"):
+        DistillModule.step_optimizer(module, "generator")
+    with DistillModule.network(module, "generator"):
+        pass
+    assert module.synced == {"generator"}
