@@ -16,6 +16,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from gad.errors import exit_on_user_error, run_cli  # noqa: E402
+import gad.run_folder  # noqa: E402,F401  # the ${gad.run_id:} resolver of run folder names
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -80,7 +80,7 @@ def test_every_fault_is_retried_or_recorded_and_a_rerun_sends_only_what_is_missi
     names = [f"p-{i:03d}" for i in range(30)] + list(FAULTS)
     prompts = write_prompts(tmp_path / "prompts.jsonl", names)
     out = tmp_path / "out.jsonl"
-    side = tmp_path / "out.failures.jsonl"
+    side = tmp_path / "out.jsonl.failures"
     with ChatServer(script=FAULTS, retry_after_ms=50, slow_s=1.0) as server:
         assert run_collect(server, prompts, out) == EXIT_MISSING
 
@@ -295,3 +295,62 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path
     assert "api_key_env: OPENAI_API_KEY" in (tmp_path / "hydra" / ".hydra" / "config.yaml").read_text()
     assert grep_tree(tmp_path, SENTINEL) == []  # records, sidecar, saved config and overrides, logs
     assert SENTINEL not in rerun.stdout + rerun.stderr
+
+
+def test_the_sidecar_never_loads_as_training_data_and_an_earlier_versions_sidecar_is_kept(tmp_path, capsys):
+    from gad.data.records import read_records
+
+    names = [f"p-{i}" for i in range(6)]
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [*names, "q-refuse"])
+    data = tmp_path / "data"
+    data.mkdir()
+    out = data / "out.jsonl"
+    with ChatServer(script={"q-refuse": ["refuse"] * 9}) as server:
+        assert run_collect(server, prompts, out) == 0
+        assert [r["id"] for r in read(data / "out.jsonl.failures")] == ["q-refuse"]
+        # data.path=<the folder>: the refusal is not a training row; the sidecar is counted as skipped
+        records, report = read_records(data)
+        assert sorted(r["id"] for r in records) == names and report.files_skipped == {"collect sidecars": 1}
+        with pytest.raises(GADError, match="a collect.py sidecar"):
+            read_records(data / "out.jsonl.failures")
+        # an earlier version's <stem>.failures.jsonl: adopted, so the rejected prompt is still not re-sent
+        (data / "out.jsonl.failures").rename(data / "out.failures.jsonl")
+        before = len(server.requests)
+        assert run_collect(server, prompts, out) == 0
+        assert len(server.requests) == before and not (data / "out.failures.jsonl").exists()
+        assert [r["id"] for r in read(data / "out.jsonl.failures")] == ["q-refuse"]
+        with pytest.raises(GADError, match="failures=.*use a name ending in .failures"):
+            run_collect(server, prompts, out, f"failures={data / 'rejected.jsonl'}")
+
+
+def test_a_full_disk_while_collecting_is_one_line_naming_the_file_and_nothing_is_lost(tmp_path, monkeypatch):
+    import errno
+
+    import gad.api.journal as journal
+
+    names = [f"p-{i:02d}" for i in range(20)]
+    prompts = write_prompts(tmp_path / "prompts.jsonl", names)
+    out = tmp_path / "out.jsonl"
+    real_write, written = os.write, []
+
+    def full_after_five(fd, data):  # the disk fills up after five records of the output
+        if os.readlink(f"/proc/self/fd/{fd}") == str(out):
+            written.append(fd)
+            if len(written) == 6:
+                return real_write(fd, bytes(data)[:7])  # a short write: the last few bytes that fitted
+            if len(written) > 6:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    with ChatServer() as server:
+        monkeypatch.setattr(journal.os, "write", full_after_five)
+        with pytest.raises(GADError) as err:
+            run_collect(server, prompts, out, "teacher.concurrency=2")
+        monkeypatch.setattr(journal.os, "write", real_write)
+        message = str(err.value)
+        assert "\n" not in message and str(out) in message and "No space left on device" in message
+        kept = read(out)  # whole lines only: the cut line was removed again
+        assert len(kept) == 5 and out.read_text().endswith("\n")
+        assert run_collect(server, prompts, out, "teacher.concurrency=2") == 0
+    ids = [r["id"] for r in read(out)]
+    assert sorted(ids) == names and ids[:5] == [r["id"] for r in kept]

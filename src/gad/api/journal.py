@@ -17,12 +17,16 @@ Guarantees
     twice by this class) is counted in `duplicates` and the first occurrence wins.
   * An exclusive `flock` on the file refuses a second writer ("already in use"); the kernel
     drops it when the process dies, so a killed run never leaves a stale lock.
+  * A write that fails (a full disk: ENOSPC, a quota, EIO) raises `GADError` naming the file;
+    a partly written line is cut again, so the file keeps every earlier record, whole, and a
+    re-run resumes from it.
   * `compact(keep)` rewrites the file atomically (temp file, fsync, rename, dir fsync) keeping the
     LAST record of each key for which `keep(record)` is true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -142,12 +146,19 @@ class Journal:
         if self.index_fields:
             self.index[k] = {f: record.get(f) for f in self.index_fields}
 
+    def _write_error(self, err: OSError, action: str) -> GADError:
+        """A failed write (ENOSPC, EDQUOT, EIO) as one line naming the file; what was written stays."""
+        return GADError(f"{self.path}: cannot {action} ({err.strerror or err}); every record written before is kept: "
+                        "free space and re-run the same command to resume")
+
     def close(self) -> None:
         if self._fd is None:
             return
         try:
             if self._dirty:
                 os.fsync(self._fd)
+        except OSError as err:
+            raise self._write_error(err, "sync") from None
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -176,9 +187,15 @@ class Journal:
             raise GADError(f"{self.path}: record without a string '{self.key}'")
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         view = memoryview(line)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as err:
+            if len(view) < len(line):  # part of the line reached the file: cut it, so the file stays whole lines
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - (len(line) - len(view)))
+            raise self._write_error(err, "append a record") from None
         self._note(record)
         self.appended += 1
         self._dirty = True
@@ -189,7 +206,10 @@ class Journal:
     def sync(self) -> None:
         """fsync now (appends already reached the OS; this makes them survive a power cut)."""
         if self._fd is not None and self._dirty:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as err:
+                raise self._write_error(err, "sync") from None
             self._dirty = False
         self._last_sync = time.monotonic()
 
@@ -234,9 +254,11 @@ class Journal:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as err:
             os.close(fd)
             tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):  # the file itself is untouched: the rename never happened
+                raise self._write_error(err, "rewrite (compact)") from None
             raise
         _fsync_dir(self.path.parent)
         old, self._fd = self._fd, fd

@@ -23,12 +23,36 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from gad.atomic import discard, publish_dir, staging_dir
 from gad.chat import with_system_prompt
 from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
 CACHE_FORMAT = 1
+
+
+def load_cache(cached: Path) -> tuple[datasets.DatasetDict, dict[str, Any]] | None:
+    """A published cache folder's splits and stats, or None (then rebuilt) when it is missing or
+    incomplete: `stats.json` is written last, so a folder without it was never finished (or was
+    left by a version that wrote in place), and one that does not load is not trusted either."""
+    if not (cached / "stats.json").is_file():
+        discard(cached)
+        return None
+    try:
+        stats = json.loads((cached / "stats.json").read_text())
+        return datasets.load_from_disk(str(cached)), stats
+    except Exception:  # datasets and json raise many types for damaged files; all mean "rebuild"
+        discard(cached)
+        return None
+
+
+def save_cache(splits: datasets.DatasetDict, stats: dict[str, Any], cached: Path) -> None:
+    """Write the cache under a temporary name beside `cached`, then rename it into place."""
+    staging = staging_dir(cached)
+    splits.save_to_disk(str(staging))
+    (staging / "stats.json").write_text(json.dumps(stats))  # last: marks the folder complete
+    publish_dir(staging, cached)  # False: another run published the same cache first
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -121,15 +145,14 @@ class DistillDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         cached = self._cache_path()
-        if cached is not None and cached.exists():
-            splits = datasets.load_from_disk(str(cached))
-            self.stats = json.loads((cached / "stats.json").read_text())
+        loaded = load_cache(cached) if cached is not None else None
+        if loaded is not None:
+            splits, self.stats = loaded
             self.stats["cache"] = "hit"
         else:
             splits, self.stats = self._build()
             if cached is not None:
-                splits.save_to_disk(str(cached))
-                (cached / "stats.json").write_text(json.dumps(self.stats))
+                save_cache(splits, self.stats, cached)
             self.stats["cache"] = "miss" if cached is not None else "off"
         self.train_set, self.val_set = splits["train"], splits["validation"]
         if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
@@ -139,6 +162,7 @@ class DistillDataModule(L.LightningDataModule):
         records, report = read_records(self.path, self.columns, split=self.split, skip_invalid=self.skip_invalid)
         stats: dict[str, Any] = {"rows": report.rows, "invalid_skipped": sum(report.skipped.values())}
         stats.update({f"invalid: {k}": v for k, v in report.skipped.items()})
+        stats.update({f"files skipped: {k}": v for k, v in report.files_skipped.items()})
         encoded = self._encode(records, stats)
         if not encoded:
             raise GADError(f"{self.path}: every prompt is longer than data.max_prompt_tokens={self.max_prompt_tokens}")

@@ -7,7 +7,8 @@ A record is a dict with
   teacher   optional: which model wrote `response`
   meta      optional: anything else (the toy world keeps its task and answer here)
 
-Dumps are JSONL or Parquet files, folders of them, or Hugging Face hub dataset ids. Other
+Dumps are JSONL (plain, or compressed .gz/.bz2/.xz) or Parquet files, folders of them (where
+collect's `.failures` sidecars are skipped and counted, never read), or Hugging Face hub dataset ids. Other
 schemas load through `Columns` (the released GAD set: messages="content",
 response="teacher_response", id=None). Every problem is reported as one line naming the
 file and the row; with `skip_invalid` such rows are dropped and counted instead.
@@ -15,7 +16,10 @@ file and the row; with `skip_invalid` such rows are dropped and counted instead.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +29,39 @@ from typing import Any
 from gad.errors import GADError
 
 DUMP_SUFFIXES = (".jsonl", ".json", ".parquet")
+# JSONL compressed with what Python reads itself; read line by line like a plain file.
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# Other compressed or archive files: refused by name in a dump folder, never skipped unseen.
+UNREADABLE = (".zst", ".zip", ".lz4", ".tgz", ".7z")
+# Sidecars `src/collect.py` writes beside its output: prompts WITHOUT a usable answer (refusals,
+# failures, with the refused text). Never training data: skipped in a folder, refused by name.
+SIDECAR_SUFFIX = ".failures"  # <output>.failures (this version)
+LEGACY_SIDECAR = ".failures.jsonl"  # <output stem>.failures.jsonl (earlier versions)
+
+
+def is_sidecar(path: Path) -> bool:
+    return path.name.endswith((SIDECAR_SUFFIX, LEGACY_SIDECAR))
+
+
+def dump_format(path: Path) -> str | None:
+    """'.jsonl', '.json' or '.parquet' for a file read as a dump (compressed JSONL included), else None."""
+    suffixes = path.suffixes[-2:]
+    if path.suffix in DUMP_SUFFIXES:
+        return path.suffix
+    if len(suffixes) == 2 and suffixes[1] in COMPRESSED and suffixes[0] in (".jsonl", ".json"):
+        return suffixes[0]
+    return None
+
+
+def _check_file(p: Path) -> None:
+    """Refuse, by name, a file that must not be read as a dump."""
+    if is_sidecar(p):
+        raise GADError(f"{p}: a collect.py sidecar (prompts without a usable answer: refusals and failures), "
+                       "not training data; point data.path at the output file or its folder")
+    if dump_format(p) is None:
+        kind = "compressed " if p.suffix in (*COMPRESSED, *UNREADABLE) else ""
+        raise GADError(f"{p}: unsupported {kind}dump format '{''.join(p.suffixes[-2:]) or p.name}' "
+                       "(use .jsonl, .jsonl.gz/.bz2/.xz or .parquet)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +83,7 @@ class LoadReport:
     rows: int = 0
     kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    files_skipped: dict[str, int] = field(default_factory=dict)  # kind of file -> how many, in a folder
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -57,34 +95,64 @@ class RowError(ValueError):
 
 def is_hub_id(path: str) -> bool:
     """`owner/name` that does not exist locally is taken as a hub dataset id."""
-    return not os.path.exists(path) and path.count("/") == 1 and not path.endswith(DUMP_SUFFIXES)
+    return not os.path.exists(path) and path.count("/") == 1 and not path.endswith((*DUMP_SUFFIXES, *COMPRESSED))
 
 
-def dump_files(path: str | os.PathLike) -> list[Path]:
-    """The dump files behind a path: the file itself, or every dump file in a folder."""
+def dump_files(path: str | os.PathLike, report: LoadReport | None = None) -> list[Path]:
+    """The dump files behind a path: the file itself, or every dump file in a folder.
+
+    In a folder, collect's sidecars are skipped and counted in `report.files_skipped`; a
+    compressed file that is not JSONL is refused by name rather than skipped unseen.
+    """
     p = Path(path)
     if p.is_file():
-        if p.suffix not in DUMP_SUFFIXES:
-            raise GADError(f"{p}: unsupported dump format '{p.suffix}' (use .jsonl or .parquet)")
+        _check_file(p)
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in DUMP_SUFFIXES and f.is_file())
+        files = []
+        for f in sorted(p.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            if is_sidecar(f):
+                if report is not None:
+                    report.files_skipped["collect sidecars"] = report.files_skipped.get("collect sidecars", 0) + 1
+                continue
+            if dump_format(f) is not None:
+                files.append(f)
+            elif f.suffix in (*COMPRESSED, *UNREADABLE):
+                _check_file(f)  # raises: a compressed file we cannot read is not silently left out
         if not files:
-            raise GADError(f"{p}: folder holds no .jsonl or .parquet files")
+            raise GADError(f"{p}: folder holds no .jsonl, .jsonl.gz or .parquet files")
         return files
     raise GADError(f"{p}: no such file or folder")
 
 
+def _open_binary(file: Path):
+    return COMPRESSED.get(file.suffix, open)(file, "rb")
+
+
 def _iter_jsonl(file: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; invalid JSON is a row error."""
-    with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield lineno, RowError(f"invalid JSON ({err.msg} at column {err.colno})")
+    """(line number, parsed object) for each non-blank line; invalid JSON or UTF-8 is a row error.
+
+    Lines are decoded one by one, so a bad byte is reported as that row's error (and skipped with
+    `skip_invalid`) instead of ending the whole read.
+    """
+    try:
+        with _open_binary(file) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield lineno, RowError(f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield lineno, RowError(f"invalid JSON ({err.msg} at column {err.colno})")
+    except (OSError, EOFError) as err:  # a damaged or truncated compressed file (gzip, bz2, lzma errors)
+        raise GADError(f"{file}: cannot read ({type(err).__name__}: {err})") from None
 
 
 def _iter_parquet(file: Path) -> Iterator[tuple[int, Any]]:
@@ -112,13 +180,13 @@ def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
         yield i, row
 
 
-def iter_raw_rows(path: str, split: str = "train") -> Iterator[tuple[str, int, Any]]:
+def iter_raw_rows(path: str, split: str = "train", report: LoadReport | None = None) -> Iterator[tuple[str, int, Any]]:
     """(where, row number, raw row) over a dump; row numbers are 1-based (JSONL: line numbers)."""
     if is_hub_id(str(path)):
         for row_no, row in _iter_hub(str(path), split):
             yield str(path), row_no, row
         return
-    for file in dump_files(path):
+    for file in dump_files(path, report):
         rows = _iter_parquet(file) if file.suffix == ".parquet" else _iter_jsonl(file)
         for row_no, row in rows:
             yield str(file), row_no, row
@@ -188,7 +256,7 @@ def read_records(
     report = LoadReport(source=str(path))
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for where, row_no, row in iter_raw_rows(str(path), split):
+    for where, row_no, row in iter_raw_rows(str(path), split, report):
         report.rows += 1
         try:
             record = normalise_row(row, columns, row_no, require_response)

@@ -63,6 +63,7 @@ class DistillModule(L.LightningModule):
         }
         # Set by gad.distributed.TwoNetworkDDPStrategy: name -> that network in its own DDP wrapper.
         self.wrapped: dict[str, torch.nn.Module] = {}
+        self.synced: set[str] = set()  # networks whose gradients went through their wrapper's all-reduce this step
         self.completed_steps = 0
         self.reshard_after_forward = True  # under FSDP: the strategy's setting (configure_model)
         self.timings: dict[str, float] = {}
@@ -103,6 +104,7 @@ class DistillModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.timings = {}
+        self.synced.clear()
 
     def rollout_seed(self) -> int:
         """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""
@@ -165,6 +167,7 @@ class DistillModule(L.LightningModule):
         if wrapper is None:
             yield self.networks[name].module
         elif sync:
+            self.synced.add(name)  # step_optimizer checks this step all-reduced through the wrapper
             yield wrapper
         else:
             with wrapper.no_sync():
@@ -176,6 +179,12 @@ class DistillModule(L.LightningModule):
 
     def step_optimizer(self, name: str) -> torch.Tensor:
         """Clip, step and zero one network's optimizer, step its schedule; returns the grad norm."""
+        if name in self.wrapped and name not in self.synced:
+            # A training forward on the bare network (e.g. self.generator) skips DDP's all-reduce:
+            # each rank would step on its own gradients and the replicas drift apart silently.
+            raise RuntimeError(f"step_optimizer('{name}'): no backward of this step went through "
+                               f"self.network('{name}') with sync, so its gradients were never all-reduced across ranks")
+        self.synced.discard(name)
         index = list(self.networks).index(name)
         net = self.networks[name]
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()

@@ -147,19 +147,23 @@ class KDModule(DistillModule):
         shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
-        for sl in micro_batches(ids.size(0), self.micro_batch_size):
+        chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+        sft_follows = not shared_ce and alpha > 0  # its last backward all-reduces these gradients too
+        for i, sl in enumerate(chunks):
             with self.timed("teacher"):
                 dists = self.teacher.score(ids[sl], attn[sl], targets.size(1))
-            logp, logits = self.response_logprobs(
-                self.generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
-            )
-            kl = masked_sum(self.token_kl(dists, logits), mask[sl])
-            loss = kl_weight * kl / total
-            if shared_ce:
-                ce = -masked_sum(logp, mask[sl])
-                loss = loss + alpha * ce / total
-                sums["ce"] += ce.detach()
-            self.manual_backward(loss)
+            # Through the DDP wrapper (self.network), or the ranks' gradients are never all-reduced.
+            with self.network("generator", sync=i == len(chunks) - 1 and not sft_follows) as generator:
+                logp, logits = self.response_logprobs(
+                    generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
+                )
+                kl = masked_sum(self.token_kl(dists, logits), mask[sl])
+                loss = kl_weight * kl / total
+                if shared_ce:
+                    ce = -masked_sum(logp, mask[sl])
+                    loss = loss + alpha * ce / total
+                    sums["ce"] += ce.detach()
+                self.manual_backward(loss)
             sums["kl"] += kl.detach()
             if not dists.full:
                 sums["mass"] += masked_sum(kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device), mask[sl])

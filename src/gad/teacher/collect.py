@@ -7,7 +7,8 @@ already hold, sends the rest through one long-lived client (`gad.api`) with at m
 
   output   <output>                       one canonical record per answered prompt:
            {id, messages, response, teacher, meta: {..prompt meta, finish_reason, usage}}
-  sidecar  <output stem>.failures.jsonl   one line per prompt that has no usable answer:
+  sidecar  <output>.failures              one line per prompt that has no usable answer (JSONL; not a
+                                          dump suffix, so a data folder never trains on it):
            {id, status: rejected|failed, reason, detail, attempts, response?, messages, time}
 
 rejected = refusal (pattern or the API's `refusal` field), content_filter, truncated
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -159,10 +161,28 @@ def _looks_like_hub_id(path: str) -> bool:
 
 
 def sidecar_path(output: Path, failures: str | None) -> Path:
-    """Where permanent failures go: `failures`, or `<output stem>.failures.jsonl` beside the output."""
+    """Where permanent failures go: `failures`, or `<output>.failures` beside the output.
+
+    Not a dump suffix: the sidecar holds refusals, and `data.path=<that folder>` must never train
+    on them (gad.data.records skips `.failures` files, and the `.failures.jsonl` of earlier versions).
+    """
     if failures:
-        return Path(failures)
-    return output.with_name(f"{output.stem}.failures.jsonl")
+        path = Path(failures)
+        if path.suffix in (".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz") and not path.name.endswith(".failures.jsonl"):
+            raise GADError(f"failures={failures}: a dump suffix, so a data folder holding it would train on the refusals "
+                           "it lists; use a name ending in .failures")
+        return path
+    return output.with_name(f"{output.name}.failures")
+
+
+def adopt_legacy_sidecar(output: Path, sidecar: Path) -> Path | None:
+    """Rename an earlier version's `<output stem>.failures.jsonl` to the sidecar's name, so a re-run
+    still knows which prompts were rejected (and never re-sends them). Returns the old path if moved."""
+    legacy = output.with_name(f"{output.stem}.failures.jsonl")
+    if sidecar == output.with_name(f"{output.name}.failures") and legacy.is_file() and not sidecar.exists():
+        os.rename(legacy, sidecar)
+        return legacy
+    return None
 
 
 @dataclass
@@ -358,6 +378,9 @@ def collect(cfg: Any) -> int:
         prompts = prompts[: plan.limit]
     ids = {p["id"] for p in prompts}
 
+    moved = adopt_legacy_sidecar(plan.output, plan.failures)
+    if moved is not None:
+        console.print(f"renamed {moved} to {plan.failures} (sidecars no longer end in .jsonl, so they never load as data)")
     with Journal(plan.output, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out, Journal(
         plan.failures, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")
     ) as side:
