@@ -85,7 +85,8 @@ def smollm2() -> Path:
 # The slowest files first: pytest-xdist (--dist loadfile, --no-loadscope-reorder) hands out files in
 # collection order, so these start at once and the many quick files fill in around them. (Its default
 # order, by number of tests, left these few-test, multi-process files for last and a long tail.)
-SLOWEST_FILES = ["test_real_student.py", "test_fsdp.py", "test_distributed.py", "test_train.py", "test_eval.py", "test_lora.py"]
+SLOWEST_FILES = ["test_real_student.py", "test_fsdp.py", "test_distributed.py", "test_kd_ddp.py", "test_train.py",
+                 "test_run_lifecycle.py", "test_run_folders.py", "test_trust_loading.py", "test_eval.py", "test_lora.py"]
 
 
 def pytest_collection_modifyitems(items):
