@@ -26,6 +26,7 @@ FAST = [
     "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8", "trainer.val_check_interval=1000",
     "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "callbacks.summary.figures=false",  # drawing them costs seconds per run; tests/test_console.py checks them
 ]
 
 

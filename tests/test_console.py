@@ -20,7 +20,8 @@ from gad.methods.gad import GADModule
 
 # FAST without its switches that turn the progress bar and the model summary off: the default run's
 # console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
-QUIET_FAST = [o for o in FAST if not o.startswith(("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy"))]
+QUIET_FAST = [o for o in FAST if not o.startswith(("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy",
+                                                   "callbacks.summary.figures"))]
 QUIET_FAST += ["callbacks.toy_accuracy.limit=4", "callbacks.rollout_samples.every_n_steps=2"]
 
 NOISE = [

@@ -27,6 +27,7 @@ FAST = [
     "method=kd", f"method.steps={STEPS}", "method.alpha=0.5", "method.alpha_warmup_steps=0", "method.on_policy=true",
     "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8", "trainer.val_check_interval=1000",
     "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "callbacks.rollout_samples=null",
+    "callbacks.summary.figures=false",
 ]
 
 

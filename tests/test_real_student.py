@@ -54,7 +54,7 @@ def tiny(smollm2: Path, dump: Path) -> list[str]:
     return ["model=smollm2-135m", f"model.student.name_or_path={smollm2}", "data=dump", f"data.path={dump}",
             "data.batch_size=2", "data.max_response_tokens=8", "data.val_size=2",
             "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks.progress_bar=null", "callbacks.rollout_samples=null"]
+            "callbacks.progress_bar=null", "callbacks.rollout_samples=null", "callbacks.summary.figures=false"]
 
 
 GAD = ["method.num_samples=2", "method.warmup_steps=1", "method.d_only_steps=0", "method.adversarial_steps=2",
