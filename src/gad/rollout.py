@@ -89,7 +89,7 @@ def sample(
         ids, mask = prompt_ids[start : start + micro_batch_size], prompt_mask[start : start + micro_batch_size]
         cache = prompt_cache(model, ids, mask, num_samples, logits_to_keep=1) if shared else None
         out = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config, synced_gpus=synced_gpus,
+            input_ids=ids, attention_mask=mask, cache=cache, generation_config=config, synced_gpus=synced_gpus,
         )
         chunks.append(out[:, width:])
     model.train(was_training)
