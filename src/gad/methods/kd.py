@@ -25,9 +25,15 @@ import torch
 from gad import kd_losses
 from gad.errors import GADError
 from gad.losses import masked_sum
-from gad.methods.base import DistillModule, micro_batches
+from gad.methods.base import DistillModule
 from gad.rollout import generation_config
 from gad.teachers import Teacher, TeacherDists, build_teacher
+
+
+def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
+    """The teacher's distributions at the `real` [B, R] positions only, flat ([real.sum(), ...]),
+    in the order of `response_logprobs`' logits."""
+    return TeacherDists(*(None if t is None else t[real.to(t.device)] for t in (dists.logprobs, dists.ids, dists.valid)))
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -52,6 +58,7 @@ class KDModule(DistillModule):
         samples_per_prompt: int = 1,
         max_new_tokens: int = 1536,
         micro_batch_size: int = 8,
+        max_tokens_per_micro_batch: int | None = None,
         rollout_batch_size: int = 64,
         generator_optimizer,
         generator_scheduler,
@@ -78,6 +85,7 @@ class KDModule(DistillModule):
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
             lora=lora,  # model.lora.generator only: KD has no discriminator
+            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.temperature, self.on_policy = temperature, on_policy
@@ -110,7 +118,7 @@ class KDModule(DistillModule):
             self.teacher_ready = True
 
     def token_kl(self, dists: TeacherDists, student_logits: torch.Tensor) -> torch.Tensor:
-        """Per-token softened KL(teacher_T || student_T): [B, R]."""
+        """Per-token softened KL(teacher_T || student_T): [...] for dists and logits [..., V]."""
         dists = dists.to(student_logits.device)
         if dists.full:
             return kd_losses.full_kl(dists.logprobs, student_logits, self.temperature)
@@ -147,13 +155,14 @@ class KDModule(DistillModule):
         shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
-        for sl in micro_batches(ids.size(0), self.micro_batch_size):
+        for sl in self.row_chunks(prompt_mask, mask):
             with self.timed("teacher"):
                 dists = self.teacher.score(ids[sl], attn[sl], targets.size(1))
+            dists = at_tokens(dists, mask[sl].bool())
             logp, logits = self.response_logprobs(
                 self.generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
             )
-            kl = masked_sum(self.token_kl(dists, logits), mask[sl])
+            kl = self.token_kl(dists, logits).sum()  # at the real response tokens (logits are flat)
             loss = kl_weight * kl / total
             if shared_ce:
                 ce = -masked_sum(logp, mask[sl])
@@ -162,7 +171,7 @@ class KDModule(DistillModule):
             self.manual_backward(loss)
             sums["kl"] += kl.detach()
             if not dists.full:
-                sums["mass"] += masked_sum(kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device), mask[sl])
+                sums["mass"] += kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device).sum()
         metrics["train/kl"] = sums["kl"] / total
         if not dists.full:
             metrics["train/teacher_topk_mass"] = sums["mass"] / total
