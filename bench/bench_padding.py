@@ -195,8 +195,8 @@ def token_report(budget: int, prompts: int, samples: int, seed: int) -> None:
     steps, real = decode_steps(rollout, module.rollout_batch_size)
     table.add_row(f"rollout decode ({module.rollout_batch_size} rows per call)", f"{real:,}", f"{steps:,}",
                   pct(real, steps), "", f"{steps:,}", pct(real, steps), "")
-    Console().print(table)
-    Console().print("tokens: input positions of each forward (rows x width); real: attention-mask sum (packed: all). "
+    Console(width=200).print(table)
+    Console(width=200).print("tokens: input positions of each forward (rows x width); real: attention-mask sum (packed: all). "
                     "largest: the largest forward, in tokens (activation memory). Rollout: row-decode-steps vs "
                     "generated tokens, unchanged (not packed).")
 
@@ -224,9 +224,9 @@ def time_paths(rounds: int, budget: int, seed: int) -> None:
         table.add_column(col, justify="right")
     for name in runs:
         table.add_row(name, f"{statistics.median(times[name]):.3f}", f"{results[name][0]:.6f}", f"{results[name][1]:.6f}")
-    Console().print(table)
+    Console(width=200).print(table)
     names = list(runs)
-    Console().print(f"speed-up, before / after: {statistics.median(times[names[0]]) / statistics.median(times[names[1]]):.2f}x "
+    Console(width=200).print(f"speed-up, before / after: {statistics.median(times[names[0]]) / statistics.median(times[names[1]]):.2f}x "
                     f"(real tokens: batch {int(batch['prompt_mask'].sum() + batch['response_mask'].sum()):,}, "
                     f"rollout {int(rollout.response_mask.sum()):,} generated)")
 
