@@ -43,7 +43,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from gad.rollout import Rollout  # noqa: E402
+from gad.rollout import Rollout, decode_row_steps  # noqa: E402
 from gad.train import build_module  # noqa: E402
 
 # The chat length profile. Means are published figures; the shape (log-normal, sigma below, cut at the
@@ -158,19 +158,17 @@ def count(budget: str, prompts: int, samples: int, seed: int) -> dict[str, list[
     return parts, module, rollout
 
 
-def decode_steps(rollout: Rollout, call_rows: int) -> tuple[int, int]:
-    """(row-decode-steps, real generated tokens) of `sample`: each generate call of `call_rows` rows runs until
-    its longest row has ended."""
-    lengths = rollout.lengths
-    steps = sum(int(c.numel() * c.max()) for c in lengths.split(call_rows))
-    return steps, int(lengths.sum())
+def decode_steps(rollout: Rollout, call_rows: int, segment: int | None = None) -> tuple[int, int]:
+    """(row-decode-steps, real generated tokens) of `sample` for these lengths: gad.rollout.decode_row_steps,
+    which tests/test_rollout.py checks against the forwards `sample` runs."""
+    return decode_row_steps(rollout.lengths, call_rows, segment), int(rollout.lengths.sum())
 
 
 def pct(real: int, computed: int) -> str:
     return f"{100 * real / max(computed, 1):.1f}%"
 
 
-def token_report(budget: int, prompts: int, samples: int, seed: int) -> None:
+def token_report(budget: int, prompts: int, samples: int, seed: int, segment: int) -> None:
     before, module, rollout = count("null", prompts, samples, seed)
     after, _, _ = count(str(budget), prompts, samples, seed)
     table = Table(title=f"one GAD step, experiment=gad_qwen7b shapes: {prompts} prompts x {samples} samples per device, "
@@ -193,42 +191,69 @@ def token_report(budget: int, prompts: int, samples: int, seed: int) -> None:
     table.add_row("D + G + reference", f"{totals['before'][0]:,}", f"{totals['before'][1]:,}",
                   pct(*totals["before"]), "", f"{totals['after'][1]:,}", pct(*totals["after"]), "")
     steps, real = decode_steps(rollout, module.rollout_batch_size)
-    table.add_row(f"rollout decode ({module.rollout_batch_size} rows per call)", f"{real:,}", f"{steps:,}",
-                  pct(real, steps), "", f"{steps:,}", pct(real, steps), "")
+    after_steps, _ = decode_steps(rollout, module.rollout_batch_size, segment)
+    table.add_row(f"rollout decode ({module.rollout_batch_size} rows per call; after: segments of {segment})", f"{real:,}",
+                  f"{steps:,}", pct(real, steps), "", f"{after_steps:,}", pct(real, after_steps), "")
     Console(width=200).print(table)
     Console(width=200).print("tokens: input positions of each forward (rows x width); real: attention-mask sum (packed: all). "
                     "largest: the largest forward, in tokens (activation memory). Rollout: row-decode-steps vs "
-                    "generated tokens, unchanged (not packed).")
+                    "generated tokens; after: method.rollout_segment_tokens, ended rows leave after each segment.")
+    sweep = {k: decode_steps(rollout, module.rollout_batch_size, k)[0] for k in (8, 16, 32, 64, 128, 256)}
+    Console(width=200).print("rollout real share by method.rollout_segment_tokens (generate calls per row-group: "
+                             f"about longest / segment): " + ", ".join(f"{k}: {pct(real, s)}" for k, s in sweep.items()))
 
 
-def time_paths(rounds: int, budget: int, seed: int) -> None:
+# The toy student samples end-of-turn with probability about 1/259 per token: its responses would nearly all
+# reach the cap. With these ids ending a response too (10 of 259), sampled lengths are geometric with a
+# mean near 27 tokens (the profile's student mean / 8) and a long tail up to the cap.
+TOY_ENDS = [EOS, *range(0, 252, 28)]
+
+
+def time_paths(rounds: int, budget: int, segment: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     batch, rollout = workload(16, 4, gen, scale=1 / 8)
     runs = {}
-    for name, value in (("padded (before)", "null"), ("packed (after)", str(budget))):
-        runs[name] = module_for(["trainer=cpu", "callbacks=toy", "model.student.config.max_position_embeddings=512",
-                                 f"method.max_tokens_per_micro_batch={value}"])[1]
-    times = {name: [] for name in runs}
-    results = {}
-    for _ in range(rounds):
+    for name, tokens, seg in (("old (padded, one generate)", "null", "null"),
+                              (f"new (packed {budget}, segments of {segment})", str(budget), str(segment))):
+        module = module_for(["trainer=cpu", "callbacks=toy", "model.student.config.max_position_embeddings=512",
+                             f"method.max_tokens_per_micro_batch={tokens}", f"method.rollout_segment_tokens={seg}",
+                             "method.num_samples=4", "method.rollout_batch_size=64", "method.max_new_tokens=192"])[1]
+        module.eos_ids, module.sampling.eos_token_id = TOY_ENDS, TOY_ENDS
+        runs[name] = module
+    times = {name: {"rollout": [], "D + G": [], "step": []} for name in runs}
+    results, shares = {}, {name: [] for name in runs}
+    for r in range(rounds):
         for name, module in runs.items():
+            module.completed_steps = module.warmup_steps + r  # a fresh rollout seed each round, the same on both paths
             module.train()
             start = time.perf_counter()
+            sampled = module.rollout(batch)
+            middle = time.perf_counter()
+            # D and G on the fixed profile workload, so both paths compute the same losses and gradients
             scores, d = module.discriminator_step(batch, rollout, update=True)
             g = module.policy_step(batch, rollout, rewards=scores.student)
-            times[name].append(time.perf_counter() - start)
+            end = time.perf_counter()
+            for key, t in (("rollout", middle - start), ("D + G", end - middle), ("step", end - start)):
+                times[name][key].append(t)
             results[name] = (d["train/d_loss"].item(), g["train/g_loss"].item())
+            steps, real = decode_steps(sampled, 64, module.rollout_segment_tokens)
+            shares[name].append((real, steps))
     table = Table(title=f"toy student, long-tailed workload (profile / 8: prompts <= 256, responses <= 192 tokens), "
-                        f"16 prompts x 4 samples, D + G forward+backward and reference forward, median of {rounds}")
-    for col in ("path", "s / step", "D loss", "G loss"):
+                        f"16 prompts x 4 samples, one adversarial step: rollout (sampled, {len(TOY_ENDS)} end ids), then D + G "
+                        f"forward+backward and reference forward on the profile workload; median of {rounds}")
+    for col in ("path", "rollout s", "rollout real share", "D + G s", "step s", "D loss", "G loss"):
         table.add_column(col, justify="right")
+    med = {name: {k: statistics.median(v) for k, v in times[name].items()} for name in runs}
     for name in runs:
-        table.add_row(name, f"{statistics.median(times[name]):.3f}", f"{results[name][0]:.6f}", f"{results[name][1]:.6f}")
+        real, steps = map(sum, zip(*shares[name]))
+        table.add_row(name, f"{med[name]['rollout']:.3f}", pct(real, steps), f"{med[name]['D + G']:.3f}",
+                      f"{med[name]['step']:.3f}", f"{results[name][0]:.6f}", f"{results[name][1]:.6f}")
     Console(width=200).print(table)
-    names = list(runs)
-    Console(width=200).print(f"speed-up, before / after: {statistics.median(times[names[0]]) / statistics.median(times[names[1]]):.2f}x "
-                    f"(real tokens: batch {int(batch['prompt_mask'].sum() + batch['response_mask'].sum()):,}, "
-                    f"rollout {int(rollout.response_mask.sum()):,} generated)")
+    old, new = list(runs)
+    Console(width=200).print(
+        "speed-up, old / new: " + ", ".join(f"{k} {med[old][k] / med[new][k]:.2f}x" for k in ("rollout", "D + G", "step"))
+        + f" (D + G real tokens: batch {int(batch['prompt_mask'].sum() + batch['response_mask'].sum()):,}, "
+        f"rollout {int(rollout.response_mask.sum()):,})")
 
 
 def main() -> None:
@@ -237,13 +262,15 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of part 2")
+    parser.add_argument("--segment", type=int, default=64, help="rollout_segment_tokens for the after column")
+    parser.add_argument("--toy-segment", type=int, default=8, help="rollout_segment_tokens of the timed toy step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    token_report(args.budget, args.prompts, args.samples, args.seed)
+    token_report(args.budget, args.prompts, args.samples, args.seed, args.segment)
     if not args.skip_timing:
-        time_paths(args.rounds, 2048, args.seed)
+        time_paths(args.rounds, 2048, args.toy_segment, args.seed)
 
 
 if __name__ == "__main__":

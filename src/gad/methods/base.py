@@ -44,6 +44,7 @@ class DistillModule(L.LightningModule):
     """Base class: subclasses register their networks in `self.networks` and write `training_step`."""
 
     share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
+    rollout_segment_tokens: int | None = None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
 
     def __init__(
         self,
@@ -134,7 +135,7 @@ class DistillModule(L.LightningModule):
                 self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
                 config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
                 # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded, share_prompt=self.share_prompt,
+                synced_gpus=self.sharded, share_prompt=self.share_prompt, segment_tokens=self.rollout_segment_tokens,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)

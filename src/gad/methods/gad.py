@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gad import losses
+from gad.errors import GADError
 from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.methods.optim import NetworkOptim
 from gad.models import Discriminator, frozen_copy
@@ -91,6 +92,7 @@ class GADModule(DistillModule):
         micro_batch_size: int = 8,
         max_tokens_per_micro_batch: int | None = None,
         rollout_batch_size: int = 64,
+        rollout_segment_tokens: int | None = None,
         share_prompt: bool = True,
         generator_optimizer,
         generator_scheduler,
@@ -104,6 +106,8 @@ class GADModule(DistillModule):
     ):
         # D's trunk is a copy of the plain student's, taken before LoRA (model.lora.generator)
         # wraps the student in place for the generator.
+        if not (rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1):
+            raise GADError(f"method.rollout_segment_tokens={rollout_segment_tokens} is invalid: must be null or an integer >= 1")
         discriminator = Discriminator.from_student(student)
         if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
@@ -121,7 +125,7 @@ class GADModule(DistillModule):
         self.d_loss = losses.DISCRIMINATOR_LOSSES[d_loss]
         self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
         self.off_policy, self.off_policy_d_steps = off_policy, off_policy_d_steps if off_policy else 0
-        self.rollout_batch_size = rollout_batch_size
+        self.rollout_batch_size, self.rollout_segment_tokens = rollout_batch_size, rollout_segment_tokens
         self.share_prompt = share_prompt
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,

@@ -60,6 +60,7 @@ class KDModule(DistillModule):
         micro_batch_size: int = 8,
         max_tokens_per_micro_batch: int | None = None,
         rollout_batch_size: int = 64,
+        rollout_segment_tokens: int | None = None,
         generator_optimizer,
         generator_scheduler,
         generator_grad_clip: float | None = 1.0,
@@ -81,6 +82,8 @@ class KDModule(DistillModule):
         _check(isinstance(micro_batch_size, int) and micro_batch_size >= 1, "micro_batch_size", micro_batch_size, "must be >= 1")
         _check(isinstance(rollout_batch_size, int) and rollout_batch_size >= 1, "rollout_batch_size", rollout_batch_size,
                "must be >= 1")
+        _check(rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1,
+               "rollout_segment_tokens", rollout_segment_tokens, "must be null or an integer >= 1")
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
@@ -90,6 +93,7 @@ class KDModule(DistillModule):
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.temperature, self.on_policy = temperature, on_policy
         self.num_samples, self.rollout_batch_size = samples_per_prompt, rollout_batch_size  # the base rollout reads num_samples
+        self.rollout_segment_tokens = rollout_segment_tokens
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
             temperature=rollout_temperature, top_p=top_p,
