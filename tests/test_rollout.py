@@ -87,3 +87,36 @@ def test_decode_row_steps_counts_the_forwards_sample_runs(model, segment):
     assert sum(rows) == decode_row_steps(out.lengths, 6, segment)
     if segment:
         assert sum(rows) < decode_row_steps(out.lengths, 6, None)
+
+
+def _synced_rank(rank: int, port: int, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = load_student(config={**TINY, "initializer_range": 0.5}).eval()
+    config = generation_config(max_new_tokens=24, eos_ids=EOS, pad_id=PAD, temperature=0.9)
+    ids, mask = prompts(rows=4, seed=rank)  # ranks hold different rows, ending at different steps
+    outs = []
+    for synced in (True, False):
+        torch.manual_seed(10 + rank)
+        outs.append(sample(model, ids, mask, num_samples=2, config=config, eos_ids=torch.tensor(EOS), micro_batch_size=4,
+                           segment_tokens=3, synced_gpus=synced).response_ids)
+    results[rank] = (outs[0].tolist(), outs[1].tolist())
+    torch.distributed.destroy_process_group()
+
+
+def test_synced_ranks_step_together_and_sample_what_they_would_alone():
+    """FSDP (synced_gpus): ranks with different numbers of segments and calls all finish (no rank waits
+    forever in a collective), and each rank's samples are the ones it draws alone from its seed."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.start_processes(_synced_rank, args=(port, results), nprocs=2, start_method="fork", join=True)
+    for rank in (0, 1):
+        synced, alone = results[rank]
+        assert synced == alone
+    assert results[0][0] != results[1][0]

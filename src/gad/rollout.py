@@ -139,8 +139,10 @@ def generate_segmented(
             break
         step = copy.deepcopy(config)
         step.max_new_tokens, step.return_dict_in_generate = (min(segment, limit - done) if busy else 1), True
-        if not busy:  # keep step with the ranks still decoding; the token is thrown away
-            model.generate(input_ids=out[:1, :1], generation_config=step, synced_gpus=True)
+        if not busy:  # keep step with the ranks still decoding; the token is thrown away, and its draw
+            one = out.new_zeros(1, 1)  # must not move this rank's random stream (its next call's samples)
+            with torch.random.fork_rng(devices=[one.device] if one.device.type == "cuda" else []):
+                model.generate(input_ids=one, attention_mask=torch.ones_like(one), generation_config=step, synced_gpus=True)
             continue
         result = model.generate(
             input_ids=ids, attention_mask=mask, cache=cache, generation_config=step, synced_gpus=synced_gpus,
