@@ -12,15 +12,18 @@ record each forward's input shape (tokens computed) and its real tokens (the att
 sum; all of them when packed). Run once with `method.max_tokens_per_micro_batch=null` (the padded
 path, as before this change) and once with the configured budget.
 
-The rollout's row-decode-steps are counted from the same lengths: `generate` decodes every row of
-a call (`method.rollout_batch_size` rows) until the call's longest row ends; the rollout is
-unchanged by this change, so both columns show the same figure.
+The rollout's row-decode-steps are counted from the same lengths by `gad.rollout.decode_row_steps`
+(tests/test_rollout.py checks it against the forwards `sample` runs): before, one `generate` per call
+(`method.rollout_batch_size` rows) decodes every row until the call's longest ends; after, segments
+of `--segment` tokens (`method.rollout_segment_tokens`) drop the rows that ended.
 
 Part 2 (time): the toy student (conf/model/tiny.yaml) on a long-tailed workload (the same profile
-scaled down 8x: prompts up to 256 tokens, responses up to 192), 16 prompts x 4 samples: D's and G's
-forward+backward (and the reference forward) of one adversarial step, old and new path
-alternating in the same run, median over rounds. Optimizer steps and the rollout are left out
-(the same on both paths).
+scaled down 8x: prompts up to 256 tokens, responses up to 192), 16 prompts x 4 samples: one whole
+adversarial step, old path (padded, one generate) and new (packed, segments of `--toy-segment`)
+alternating in the same run, median over rounds: the rollout (`module.rollout`, sampled by the toy
+student with TOY_ENDS ending a response), then D's and G's forward+backward and the reference
+forward on the profile workload (the same rows on both paths, so the losses compare). Optimizer
+steps are stubbed out (the same on both paths).
 """
 
 from __future__ import annotations
