@@ -14,7 +14,7 @@ from gad import kd_losses
 from gad.data.datamodule import DistillDataModule
 from gad.losses import masked_sum
 from gad.methods import SeqKDModule
-from gad.methods.kd import KDModule
+from gad.methods.kd import KDModule, at_tokens
 from gad.methods.optim import warmup_schedule
 from gad.models import load_student, load_tokenizer
 from gad.teachers import build_teacher
@@ -241,15 +241,15 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
         zs = module.response_logprobs(module.generator, *parts, with_logits=True)[1].double().numpy()
         zt = module.response_logprobs(module.teacher.model, *parts, with_logits=True)[1].double().numpy()
     per_token = np.zeros(mask.shape)
-    for b, r in zip(*np.nonzero(mask)):
+    for i, (b, r) in enumerate(zip(*np.nonzero(mask))):  # the logits are flat, at the real tokens in row-major order
         if top_k is None:
-            per_token[b, r] = ref_full_kl(zt[b, r], zs[b, r], 2.0)
+            per_token[b, r] = ref_full_kl(zt[i], zs[i], 2.0)
         else:
-            lt = np.log(np_softmax(zt[b, r]))
+            lt = np.log(np_softmax(zt[i]))
             listed = list(np.argsort(-lt)[:top_k])
             if targets[b, r].item() not in listed:
                 listed.append(targets[b, r].item())
-            per_token[b, r] = ref_topk_kl(listed, [lt[i] for i in listed], zs[b, r], 2.0)
+            per_token[b, r] = ref_topk_kl(listed, [lt[j] for j in listed], zs[i], 2.0)
     want = 4.0 * masked_token_mean(per_token, mask)
     assert abs(metrics["train/loss"].item() - want) < 1e-5  # float32 models vs the float64 reference
     assert want > 1e-2
@@ -259,7 +259,8 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
     zs_t = kl_only.response_logprobs(kl_only.generator, *parts, with_logits=True)[1]
     ids, attn = torch.cat(parts[0::2], dim=1), torch.cat(parts[1::2], dim=1)
     dists = kl_only.teacher.score(ids, attn, targets.size(1))
-    loss = 4.0 * masked_sum(kl_only.token_kl(dists, zs_t), batch["response_mask"]) / batch["response_mask"].sum()
+    dists = at_tokens(dists, batch["response_mask"].bool())
+    loss = 4.0 * kl_only.token_kl(dists, zs_t).sum() / batch["response_mask"].sum()
     loss.backward()
     want_g, got_g = grads(kl_only), grads(module)
     assert all(torch.allclose(want_g[k], got_g[k], atol=1e-6, rtol=1e-4) for k in want_g)
@@ -274,8 +275,9 @@ def test_on_policy_kl_is_on_the_students_samples(world):
     with torch.no_grad():
         zs = module.response_logprobs(module.generator, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
                                       rollout.response_mask, with_logits=True)[1]
-        kl = module.token_kl(module.teacher.score(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1)), zs)
-    assert metrics["train/kl"].item() == pytest.approx((masked_sum(kl, rollout.response_mask) / rollout.lengths.sum()).item(), rel=1e-5)
+        dists = module.teacher.score(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
+        kl = module.token_kl(at_tokens(dists, rollout.response_mask.bool()), zs)
+    assert metrics["train/kl"].item() == pytest.approx((kl.sum() / rollout.lengths.sum()).item(), rel=1e-5)
     assert metrics["train/loss"].item() == pytest.approx(0.5 * metrics["train/sft_loss"].item() + 0.5 * 4 * metrics["train/kl"].item(), rel=1e-6)
 
 
@@ -318,3 +320,20 @@ def test_local_teacher_with_another_tokenizer_is_refused(world, tmp_path):
         teacher.setup(tok)
     assert "does not share the student's tokenizer" in str(err.value) and "\n" not in str(err.value)
 
+
+
+@pytest.mark.parametrize("on_policy", [True, False])
+def test_packed_kd_step_equals_the_padded_one(world, on_policy):
+    """method.max_tokens_per_micro_batch: the KD step's loss and gradients are the padded path's."""
+    tok, teacher_dir, batch = world
+    results = []
+    for budget in (None, 25):
+        module = kd(tok, teacher_dir, alpha=0.5, on_policy=on_policy, teacher={"top_k": 5},
+                    max_tokens_per_micro_batch=budget)
+        results.append((module.kd_backward(batch, 0.5), grads(module)))
+    (want, want_g), (got, got_g) = results
+    for key in ("train/kl", "train/sft_loss", "train/loss", "train/teacher_topk_mass"):
+        assert got[key].item() == pytest.approx(want[key].item(), rel=1e-5), key
+    assert want_g.keys() == got_g.keys()
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], atol=1e-6, rtol=1e-4)

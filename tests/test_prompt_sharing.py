@@ -3,6 +3,8 @@ outputs, gradients and a whole GAD step equal the row-by-row path's, up to float
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import ROOT
@@ -160,3 +162,15 @@ def test_a_rollout_with_the_prompt_prefilled_once_samples_what_the_plain_one_doe
     assert torch.equal(shared.response_ids, plain.response_ids) and torch.equal(shared.prompt_ids, plain.prompt_ids)
     assert plain.response_ids.size(0) == 12 and len({tuple(r) for r in plain.response_ids.tolist()}) > 1
     assert model.training  # the mode is restored
+
+
+def test_sharing_and_rollouts_use_the_current_cache_api():
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    model = load_student(config=TINY)
+    rows = grouped_rows()
+    config = generation_config(max_new_tokens=3, eos_ids=[258], pad_id=PAD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forward_after_prompt(model, *rows, group_size=4, logits_to_keep=rows[2].size(1) + 1)
+        sample(model, rows[0][::4], rows[1][::4], num_samples=4, config=config, eos_ids=torch.tensor([258]),
+               micro_batch_size=8, share_prompt=True)

@@ -37,20 +37,25 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_sum(values, mask) / mask.sum().clamp(min=1)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are upcast before softmax; float64 (tests) stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log q(token) under softmax(logits / temperature): [..., V], [...] -> [...].
 
     The policy gradient needs the log-probs of the distribution that was actually sampled
     from, so rollout log-probs use the sampling temperature.
     """
-    logits = logits.float() / temperature
+    logits = _at_least_float32(logits) / temperature
     picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) per position: [..., V] -> [...]."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = torch.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from gad.errors import GADError
+from gad.packing import packed_forward_after_prompt
 from gad.prompt_sharing import forward_after_prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -304,13 +305,17 @@ class Discriminator(nn.Module):
 
     def forward(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-        response_mask: torch.Tensor, group_size: int = 1,
+        response_mask: torch.Tensor, group_size: int = 1, packed: bool = False,
     ) -> torch.Tensor:
         """Scores [rows] of `[pad.. prompt | response ..pad]` rows, read at each last response token.
 
         `group_size` > 1: consecutive rows share their prompt, which runs once per group.
+        `packed`: the rows run as one padding-free sequence (gad.packing).
         """
-        hidden = forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask, group_size)
+        if packed:
+            hidden = packed_forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask)
+        else:
+            hidden = forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask, group_size)
         # hidden[:, 0] is the last prompt token, so the last response token sits at index `length`.
         last = hidden[torch.arange(hidden.size(0), device=hidden.device), response_mask.sum(-1).long()]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)

@@ -66,7 +66,7 @@ def forward_after_prompt(
     head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}  # a causal LM: one row of unused logits
     cache = prompt_cache(model, prompt_ids, prompt_mask, group_size, **head_kwargs)
     out = model(input_ids=torch.cat([prompt_ids[:, -1:], continuation_ids], dim=1), attention_mask=mask,
-                position_ids=positions[:, width - 1 :], past_key_values=cache, use_cache=True, **kwargs)
+                position_ids=positions[:, width - 1 :], cache=cache, use_cache=True, **kwargs)
     return out[0]
 
 
@@ -79,6 +79,6 @@ def prompt_cache(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
         raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
     head_ids, head_mask = unique[:, :-1], prompt_mask[::group_size, :-1]
     cache = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids(head_mask), use_cache=True,
-                  **kwargs).past_key_values
+                  **kwargs).cache
     cache.batch_repeat_interleave(group_size)
     return cache

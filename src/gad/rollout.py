@@ -8,9 +8,11 @@ so every logits warper is pinned to its neutral value here.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from transformers import GenerationConfig, PreTrainedModel
 
 from gad.losses import response_mask
@@ -71,12 +73,15 @@ def sample(
     micro_batch_size: int,
     synced_gpus: bool = False,
     share_prompt: bool = False,
+    segment_tokens: int | None = None,
 ) -> Rollout:
     """Draw `num_samples` responses per prompt, `micro_batch_size` sequences per `generate` call.
 
     Runs in eval mode so gradient checkpointing (which disables the KV cache) is off during
     decoding; the previous mode is restored afterwards. `share_prompt`: each prompt's prefill runs
     once, not once per sample (gad.prompt_sharing), and a call holds whole groups (at least one).
+    `segment_tokens`: decode in segments of this many tokens and drop the rows that ended
+    (`generate_segmented`); None: one `generate` per call, every row decoded until the call's longest ends.
     """
     was_training = model.training
     model.eval()
@@ -90,13 +95,87 @@ def sample(
     for start in range(0, prompt_ids.size(0), micro_batch_size):
         ids, mask = prompt_ids[start : start + micro_batch_size], prompt_mask[start : start + micro_batch_size]
         cache = prompt_cache(model, ids, mask, num_samples, logits_to_keep=1) if shared else None
+        if segment_tokens:
+            chunks.append(generate_segmented(model, ids, mask, cache, config, eos_ids, segment_tokens, synced_gpus))
+            continue
         out = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config, synced_gpus=synced_gpus,
+            input_ids=ids, attention_mask=mask, cache=cache, generation_config=config, synced_gpus=synced_gpus,
         )
         chunks.append(out[:, width:])
     model.train(was_training)
     responses = _right_pad(chunks, config.pad_token_id)
     return Rollout(prompt_ids, prompt_mask, responses, response_mask(responses, eos_ids), num_samples)
+
+
+def generate_segmented(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache, config: GenerationConfig,
+    eos_ids: torch.Tensor, segment: int, synced_gpus: bool = False,
+) -> torch.Tensor:
+    """`model.generate`'s new tokens [rows, R] (pad after each row's end), decoded `segment` tokens at a
+    time: after each segment the rows that produced an end-of-sequence token leave the batch, their
+    KV cache rows with them (`Cache.batch_select_indices`), and the others continue from the cache.
+
+    A single `generate` call decodes every row until the call's longest row ends; with chat's long
+    tails most of those row-steps are on finished rows. Here a finished row costs at most
+    `segment - 1` more steps. Every token is still drawn by `generate` from the same `config`
+    (softmax(logits / T), neutral warpers) given the row's own prefix, so the distribution is the
+    single call's; the random stream is consumed in a different order (fewer rows per draw), so
+    samples differ from the single call's for one seed, but stay a function of the seed (greedy:
+    the same tokens up to float rounding). `synced_gpus` (FSDP): ranks agree before each segment
+    whether any of them still decodes, and one that has finished runs a one-token `generate` per
+    segment so that every rank makes the same collective calls.
+    """
+    rows, limit = ids.size(0), config.max_new_tokens
+    out = ids.new_full((rows, limit), config.pad_token_id)
+    active = torch.arange(rows, device=ids.device)
+    eos_ids = eos_ids.to(ids.device)
+    done = 0  # tokens generated so far by every active row (they all started together)
+    while True:
+        busy = active.numel() > 0 and done < limit
+        if synced_gpus:
+            flag = torch.tensor(float(busy), device=ids.device)
+            dist.all_reduce(flag)
+            if flag.item() == 0:
+                break
+        elif not busy:
+            break
+        step = copy.deepcopy(config)
+        step.max_new_tokens, step.return_dict_in_generate = (min(segment, limit - done) if busy else 1), True
+        if not busy:  # keep step with the ranks still decoding; the token is thrown away, and its draw
+            one = out.new_zeros(1, 1)  # must not move this rank's random stream (its next call's samples)
+            with torch.random.fork_rng(devices=[one.device] if one.device.type == "cuda" else []):
+                model.generate(input_ids=one, attention_mask=torch.ones_like(one), generation_config=step, synced_gpus=True)
+            continue
+        result = model.generate(
+            input_ids=ids, attention_mask=mask, cache=cache, generation_config=step, synced_gpus=synced_gpus,
+        )
+        new = result.sequences[:, ids.size(1) :]
+        out[active, done : done + new.size(1)] = new
+        done += new.size(1)
+        keep = (~torch.isin(new, eos_ids).any(1)).nonzero().squeeze(1)
+        active, ids = active[keep], result.sequences[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.size(0), new.size(1))], dim=1)[keep]
+        cache = result.cache
+        if keep.numel() and cache is not None:
+            cache.batch_select_indices(keep)
+    return out[:, : max(done, 1)]  # as wide as the longest row's decode steps, like `generate`'s output
+
+
+def decode_row_steps(lengths: torch.Tensor, call_rows: int, segment: int | None) -> int:
+    """The row-decode-steps (rows x forwards, one new token per row and forward) `sample` computes for
+    responses of these `lengths` [rows] (tokens up to and including the end-of-sequence one, or the
+    cap), `call_rows` rows per `generate` call: each call decodes every row until its longest ends
+    (`segment` None), or, in segments, the rows still going until the longest of them ends or the
+    segment does (tests/test_rollout.py checks it against the forwards `sample` runs)."""
+    steps = 0
+    for call in lengths.split(call_rows):
+        if not segment:
+            steps += call.numel() * int(call.max())
+            continue
+        for start in range(0, int(call.max()), segment):
+            going = call[call > start]
+            steps += going.numel() * min(segment, int(going.max()) - start)
+    return steps
 
 
 def _right_pad(chunks: list[torch.Tensor], pad_id: int) -> torch.Tensor:

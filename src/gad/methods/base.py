@@ -22,6 +22,7 @@ from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, 
 from gad.losses import masked_sum, token_logprobs
 from gad.methods.optim import NetworkOptim
 from gad.models import LoraSettings, has_lora, plain_from_state
+from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
 from gad.rollout import Rollout, sample
 
@@ -31,10 +32,19 @@ def micro_batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+def packed_micro_batches(lengths: torch.Tensor, max_tokens: int, group: int = 1) -> list[torch.Tensor]:
+    """Row indices of each padding-free micro-batch (gad.packing): whole groups of `group` consecutive
+    rows, at most `max_tokens` real tokens per micro-batch (a larger group alone). `lengths` [rows]."""
+    sizes = lengths.view(-1, group).sum(1).tolist()
+    rows = torch.arange(lengths.numel(), device=lengths.device).view(-1, group)
+    return [rows[pack].flatten() for pack in plan_packs(sizes, max_tokens)]
+
+
 class DistillModule(L.LightningModule):
     """Base class: subclasses register their networks in `self.networks` and write `training_step`."""
 
     share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
+    rollout_segment_tokens: int | None = None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
 
     def __init__(
         self,
@@ -48,6 +58,7 @@ class DistillModule(L.LightningModule):
         seed: int,
         profile: bool = False,
         lora: LoraSettings | dict | None = None,
+        max_tokens_per_micro_batch: int | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -56,6 +67,9 @@ class DistillModule(L.LightningModule):
         self.generator = student
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+        # Set: training forwards are padding-free, packed to this many real tokens (gad.packing);
+        # micro_batch_size is then unused by them. None: micro_batch_size rows at the batch's width.
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.seed = seed
         self.profile = profile
         self.networks: dict[str, NetworkOptim] = {
@@ -123,7 +137,7 @@ class DistillModule(L.LightningModule):
                 self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
                 config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
                 # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded, share_prompt=self.share_prompt,
+                synced_gpus=self.sharded, share_prompt=self.share_prompt, segment_tokens=self.rollout_segment_tokens,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)
@@ -200,22 +214,43 @@ class DistillModule(L.LightningModule):
 
     # ------------------------------------------------------------ the student on teacher text
 
+    @property
+    def packed(self) -> bool:
+        return self.max_tokens_per_micro_batch is not None
+
+    def row_chunks(self, prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> list[slice | torch.Tensor]:
+        """The micro-batches of a step's forwards over these rows: packed by the token budget, or
+        `micro_batch_size` rows each. Either indexes the rows (`x[chunk]`)."""
+        if not self.packed:
+            return list(micro_batches(response_mask.size(0), self.micro_batch_size))
+        lengths = prompt_mask.sum(1) + response_mask.sum(1)
+        return packed_micro_batches(lengths, self.max_tokens_per_micro_batch)
+
     def response_logprobs(
         self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
         response_mask: torch.Tensor, temperature: float = 1.0, with_logits: bool = False, group_size: int = 1,
     ):
-        """log q(response token | prefix) [rows, R] for rows `[pad.. prompt | response ..pad]`.
+        """log q(response token | prefix) [rows, R] for rows `[pad.. prompt | response ..pad]`
+        (0 past each response's end), and with `with_logits` the logits at the real response
+        tokens, flat: [response_mask.sum(), V].
 
-        Only the last R+1 positions go through the LM head (`logits_to_keep`), since the
+        Only the response positions go through the LM head (`logits_to_keep`), since the
         prompt's own predictions are never used. `group_size` > 1: consecutive rows share
-        their prompt, which then runs once per group (gad.prompt_sharing).
+        their prompt, which then runs once per group (gad.prompt_sharing). With
+        `max_tokens_per_micro_batch` set the rows run packed, without padding (gad.packing).
         """
+        real = response_mask.bool()
+        if self.packed:
+            logits = packed_response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+            picked = token_logprobs(logits, response_ids[real], temperature)
+            logp = picked.new_zeros(real.shape).masked_scatter(real, picked)
+            return (logp, logits) if with_logits else logp
         logits = forward_after_prompt(
             model, prompt_ids, prompt_mask, response_ids, response_mask, group_size=group_size,
             logits_to_keep=response_ids.size(1) + 1,
         )[:, :-1]
-        logp = token_logprobs(logits, response_ids, temperature)
-        return (logp, logits) if with_logits else logp
+        logp = token_logprobs(logits, response_ids, temperature) * real
+        return (logp, logits[real]) if with_logits else logp
 
     def sft_backward(self, batch: dict[str, Any], weight: float = 1.0) -> torch.Tensor:
         """Backpropagate `weight` x token-mean cross-entropy on the teacher responses; returns the CE."""
@@ -223,7 +258,7 @@ class DistillModule(L.LightningModule):
         targets, mask = batch["response_ids"], batch["response_mask"]
         total = mask.sum().clamp(min=1)
         ce = torch.zeros((), device=self.device)
-        chunks = list(micro_batches(targets.size(0), self.micro_batch_size))
+        chunks = self.row_chunks(prompt_mask, mask)
         for i, sl in enumerate(chunks):
             with self.network("generator", sync=i == len(chunks) - 1) as generator:
                 logp = self.response_logprobs(generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl])
@@ -242,9 +277,13 @@ class DistillModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         mask = batch["response_mask"]
-        logp = self.response_logprobs(self.generator, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], mask)
+        nll = torch.zeros((), device=self.device)
+        for sl in self.row_chunks(batch["prompt_mask"], mask) if self.packed else [slice(None)]:
+            logp = self.response_logprobs(
+                self.generator, batch["prompt_ids"][sl], batch["prompt_mask"][sl], batch["response_ids"][sl], mask[sl])
+            nll -= masked_sum(logp, mask[sl])
         tokens = mask.sum()
-        self.val_nll.update(-masked_sum(logp, mask) / tokens.clamp(min=1), weight=tokens)
+        self.val_nll.update(nll / tokens.clamp(min=1), weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/nll", self.val_nll, prog_bar=True)  # a torchmetrics object: reduced across ranks

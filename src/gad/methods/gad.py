@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from gad import losses
-from gad.methods.base import DistillModule, micro_batches
+from gad.errors import GADError
+from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.methods.optim import NetworkOptim
 from gad.models import Discriminator, frozen_copy
 from gad.prompt_sharing import can_share_prompt
@@ -89,7 +90,9 @@ class GADModule(DistillModule):
         off_policy_d_steps: int = 0,
         warmup_lr: float | None = None,
         micro_batch_size: int = 8,
+        max_tokens_per_micro_batch: int | None = None,
         rollout_batch_size: int = 64,
+        rollout_segment_tokens: int | None = None,
         share_prompt: bool = True,
         generator_optimizer,
         generator_scheduler,
@@ -103,6 +106,8 @@ class GADModule(DistillModule):
     ):
         # D's trunk is a copy of the plain student's, taken before LoRA (model.lora.generator)
         # wraps the student in place for the generator.
+        if not (rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1):
+            raise GADError(f"method.rollout_segment_tokens={rollout_segment_tokens} is invalid: must be null or an integer >= 1")
         discriminator = Discriminator.from_student(student)
         if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
@@ -112,7 +117,7 @@ class GADModule(DistillModule):
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
-            lora=lora,
+            lora=lora, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.temperature, self.num_samples, self.max_new_tokens = temperature, num_samples, max_new_tokens
         self.warmup_steps, self.d_only_steps, self.adversarial_steps = warmup_steps, d_only_steps, adversarial_steps
@@ -120,7 +125,7 @@ class GADModule(DistillModule):
         self.d_loss = losses.DISCRIMINATOR_LOSSES[d_loss]
         self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
         self.off_policy, self.off_policy_d_steps = off_policy, off_policy_d_steps if off_policy else 0
-        self.rollout_batch_size = rollout_batch_size
+        self.rollout_batch_size, self.rollout_segment_tokens = rollout_batch_size, rollout_segment_tokens
         self.share_prompt = share_prompt
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
@@ -197,22 +202,33 @@ class GADModule(DistillModule):
         teacher_scores, student_scores, loss_total = [], [], torch.zeros((), device=self.device)
         with self.timed("d_step"), torch.set_grad_enabled(update):
             # Micro-batches hold whole prompt groups so each BT pair sits in one forward.
-            chunks = list(micro_batches(num_prompts, max(1, self.micro_batch_size // (n + 1))))
-            for i, p in enumerate(chunks):
-                rows = slice(p.start * (n + 1), p.stop * (n + 1))
+            if self.packed:
+                lengths = prompt_mask.sum(1) + response_mask.sum(1)
+                chunks = packed_micro_batches(lengths, self.max_tokens_per_micro_batch, group=n + 1)
+                forward_kwargs = {"packed": True}
+            else:
+                chunks = [slice(p.start * (n + 1), p.stop * (n + 1))
+                          for p in micro_batches(num_prompts, max(1, self.micro_batch_size // (n + 1)))]
+                forward_kwargs = {"group_size": group}
+            for i, rows in enumerate(chunks):
+                width = int(response_mask[rows].sum(1).max()) if self.packed else responses.size(1)
                 with self.network("discriminator", sync=i == len(chunks) - 1) as discriminator:
                     discriminator = discriminator if update else self.discriminator
                     score = discriminator(
-                        prompts[rows], prompt_mask[rows], responses[rows], response_mask[rows], group_size=group
+                        prompts[rows], prompt_mask[rows], responses[rows, :width], response_mask[rows, :width],
+                        **forward_kwargs,
                     ).view(-1, n + 1)
                     t_score, s_score = score[:, 0], score[:, 1:]
-                    loss = self.d_loss(t_score, s_score) * (p.stop - p.start) / num_prompts
+                    loss = self.d_loss(t_score, s_score) * score.size(0) / num_prompts
                     if update:
                         self.manual_backward(loss)
                 loss_total += loss.detach()
                 teacher_scores.append(t_score.detach())
                 student_scores.append(s_score.detach())
             scores = Scores(torch.cat(teacher_scores), torch.cat(student_scores))
+            if self.packed:  # packed micro-batches may take the prompts out of order: back to the batch's
+                order = torch.cat([rows[:: n + 1] // (n + 1) for rows in chunks]).argsort()
+                scores = Scores(scores.teacher[order], scores.student[order])
             metrics = {"train/d_loss": loss_total, "train/d_acc": losses.discriminator_accuracy(scores.teacher, scores.student)}
             if update:
                 metrics["train/grad_norm_d"] = self.step_optimizer("discriminator")
@@ -229,7 +245,7 @@ class GADModule(DistillModule):
         sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
         with self.timed("g_step"):
             grouped = self.shares_prompt(self.generator)
-            chunks = list(self.sample_chunks(rollout, grouped))
+            chunks = self.sample_chunks(rollout, grouped)
             for i, sl in enumerate(chunks):
                 # The last backward of the step all-reduces G's gradients (the CE term's, if any).
                 with self.network("generator", sync=i == len(chunks) - 1 and self.alpha == 0) as generator:
@@ -245,7 +261,7 @@ class GADModule(DistillModule):
                 sums["pg"] += losses.masked_sum(pg.detach(), mask[sl])
                 sums["clip"] += losses.masked_sum(clipped, mask[sl])
                 with torch.no_grad():
-                    sums["entropy"] += losses.masked_sum(losses.token_entropy(logits, self.temperature), mask[sl])
+                    sums["entropy"] += losses.token_entropy(logits, self.temperature).sum()  # logits at real tokens
             metrics = {f"train/{k if k != 'pg' else 'g_loss'}": v / total for k, v in sums.items()}
             if self.alpha > 0:
                 metrics["train/sft_loss"] = self.sft_backward(batch, weight=self.alpha)
@@ -256,22 +272,27 @@ class GADModule(DistillModule):
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
         with self.timed("ref_forward"):
             grouped = self.shares_prompt(self.reference)
-            return torch.cat([
-                self.rollout_logprobs(self.reference, rollout, sl, grouped) for sl in self.sample_chunks(rollout, grouped)
-            ])
+            chunks = self.sample_chunks(rollout, grouped)
+            parts = [self.rollout_logprobs(self.reference, rollout, sl, grouped) for sl in chunks]
+            logp = parts[0].new_zeros(rollout.response_mask.shape)
+            for sl, part in zip(chunks, parts):
+                logp[sl] = part
+            return logp
 
     def shares_prompt(self, model: torch.nn.Module) -> bool:
         """Whether `model`'s forwards on the rollout run each prompt once per group: asked for
-        (`method.share_prompt`), possible for `model` now, and a group fits in a micro-batch."""
-        return self.share_prompt and self.micro_batch_size >= self.num_samples and can_share_prompt(model)
+        (`method.share_prompt`), possible for `model` now, a group fits in a micro-batch, and the
+        forwards are not packed (a packed row holds each sequence whole)."""
+        return (self.share_prompt and not self.packed and self.micro_batch_size >= self.num_samples
+                and can_share_prompt(model))
 
-    def sample_chunks(self, rollout: Rollout, grouped: bool):
+    def sample_chunks(self, rollout: Rollout, grouped: bool) -> list[slice | torch.Tensor]:
         """Micro-batches of rollout rows; whole prompt groups when `grouped`."""
         if not grouped:
-            return micro_batches(rollout.response_ids.size(0), self.micro_batch_size)
+            return self.row_chunks(rollout.prompt_mask, rollout.response_mask)
         n = self.num_samples
         groups = micro_batches(rollout.response_ids.size(0) // n, self.micro_batch_size // n)
-        return (slice(g.start * n, g.stop * n) for g in groups)
+        return [slice(g.start * n, g.stop * n) for g in groups]
 
     def rollout_logprobs(self, model, rollout: Rollout, rows: slice, grouped: bool, with_logits: bool = False):
         """`model`'s log-probs of the sampled tokens [rows, R], at the sampling temperature."""

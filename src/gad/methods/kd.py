@@ -25,9 +25,15 @@ import torch
 from gad import kd_losses
 from gad.errors import GADError
 from gad.losses import masked_sum
-from gad.methods.base import DistillModule, micro_batches
+from gad.methods.base import DistillModule
 from gad.rollout import generation_config
 from gad.teachers import Teacher, TeacherDists, build_teacher
+
+
+def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
+    """The teacher's distributions at the `real` [B, R] positions only, flat ([real.sum(), ...]),
+    in the order of `response_logprobs`' logits."""
+    return TeacherDists(*(None if t is None else t[real.to(t.device)] for t in (dists.logprobs, dists.ids, dists.valid)))
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -52,7 +58,9 @@ class KDModule(DistillModule):
         samples_per_prompt: int = 1,
         max_new_tokens: int = 1536,
         micro_batch_size: int = 8,
+        max_tokens_per_micro_batch: int | None = None,
         rollout_batch_size: int = 64,
+        rollout_segment_tokens: int | None = None,
         generator_optimizer,
         generator_scheduler,
         generator_grad_clip: float | None = 1.0,
@@ -74,14 +82,18 @@ class KDModule(DistillModule):
         _check(isinstance(micro_batch_size, int) and micro_batch_size >= 1, "micro_batch_size", micro_batch_size, "must be >= 1")
         _check(isinstance(rollout_batch_size, int) and rollout_batch_size >= 1, "rollout_batch_size", rollout_batch_size,
                "must be >= 1")
+        _check(rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1,
+               "rollout_segment_tokens", rollout_segment_tokens, "must be null or an integer >= 1")
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
             lora=lora,  # model.lora.generator only: KD has no discriminator
+            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.temperature, self.on_policy = temperature, on_policy
         self.num_samples, self.rollout_batch_size = samples_per_prompt, rollout_batch_size  # the base rollout reads num_samples
+        self.rollout_segment_tokens = rollout_segment_tokens
         self.sampling = generation_config(
             max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
             temperature=rollout_temperature, top_p=top_p,
@@ -110,7 +122,7 @@ class KDModule(DistillModule):
             self.teacher_ready = True
 
     def token_kl(self, dists: TeacherDists, student_logits: torch.Tensor) -> torch.Tensor:
-        """Per-token softened KL(teacher_T || student_T): [B, R]."""
+        """Per-token softened KL(teacher_T || student_T): [...] for dists and logits [..., V]."""
         dists = dists.to(student_logits.device)
         if dists.full:
             return kd_losses.full_kl(dists.logprobs, student_logits, self.temperature)
@@ -147,17 +159,18 @@ class KDModule(DistillModule):
         shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
-        chunks = list(micro_batches(ids.size(0), self.micro_batch_size))
+        chunks = list(self.row_chunks(prompt_mask, mask))
         sft_follows = not shared_ce and alpha > 0  # its last backward all-reduces these gradients too
         for i, sl in enumerate(chunks):
             with self.timed("teacher"):
                 dists = self.teacher.score(ids[sl], attn[sl], targets.size(1))
+            dists = at_tokens(dists, mask[sl].bool())
             # Through the DDP wrapper (self.network), or the ranks' gradients are never all-reduced.
             with self.network("generator", sync=i == len(chunks) - 1 and not sft_follows) as generator:
                 logp, logits = self.response_logprobs(
                     generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
                 )
-                kl = masked_sum(self.token_kl(dists, logits), mask[sl])
+                kl = self.token_kl(dists, logits).sum()  # at the real response tokens (logits are flat)
                 loss = kl_weight * kl / total
                 if shared_ce:
                     ce = -masked_sum(logp, mask[sl])
@@ -166,7 +179,7 @@ class KDModule(DistillModule):
                 self.manual_backward(loss)
             sums["kl"] += kl.detach()
             if not dists.full:
-                sums["mass"] += masked_sum(kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device), mask[sl])
+                sums["mass"] += kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device).sum()
         metrics["train/kl"] = sums["kl"] / total
         if not dists.full:
             metrics["train/teacher_topk_mass"] = sums["mass"] / total
