@@ -80,7 +80,7 @@ def test_gradient_checkpointing_takes_the_row_by_row_path():
     model = load_student(config=TINY).train()
     rows = grouped_rows()
     want = forward_after_prompt(model, *rows, group_size=4).detach()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert not can_share_prompt(model)
     torch.testing.assert_close(forward_after_prompt(model, *rows, group_size=4), want, atol=1e-6, rtol=1e-5)
     assert can_share_prompt(model.eval())  # eval mode (the reference, scoring): checkpointing is off
@@ -94,6 +94,10 @@ def test_rows_that_do_not_share_their_prompt_are_refused():
         forward_after_prompt(model, prompt_ids, prompt_mask, reply_ids, reply_mask, group_size=4)
 
 
+# Training forwards share prompts on the padded path only (a packed micro-batch holds each sequence whole).
+PADDED = "method.max_tokens_per_micro_batch=null"
+
+
 def gad_module(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
@@ -104,7 +108,7 @@ def gad_module(*overrides: str):
 @pytest.mark.parametrize("micro_batch, checkpointing, grouped", [(8, False, True), (2, False, False), (8, True, False)])
 def test_generator_micro_batches_hold_whole_groups_only_when_sharing(micro_batch, checkpointing, grouped):
     """A group larger than method.micro_batch_size is never forced into one forward (memory stays as configured)."""
-    _, module = gad_module("method.num_samples=3", f"method.micro_batch_size={micro_batch}",
+    _, module = gad_module("method.num_samples=3", f"method.micro_batch_size={micro_batch}", PADDED,
                            f"model.student.gradient_checkpointing={checkpointing}")
     module.train()
     rollout = module.rollout({"prompt_ids": torch.tensor([[5, 6, 7]] * 4), "prompt_mask": torch.ones(4, 3).long()})
@@ -118,7 +122,7 @@ def test_generator_micro_batches_hold_whole_groups_only_when_sharing(micro_batch
 def gad_step(share: bool):
     """One adversarial GAD step on the toy world from fixed weights: D's scores, the metrics, and
     each network's gradients (what its optimizer would step on)."""
-    cfg, module = gad_module("data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8",
+    cfg, module = gad_module("data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8", PADDED,
                              f"method.share_prompt={share}")
     data = instantiate(cfg.data, tokenizer=module.tokenizer)
     data.setup("fit")
