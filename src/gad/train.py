@@ -21,8 +21,8 @@ from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
 from gad.trust import check_checkpoint, check_sharded_checkpoint
 
-# Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and
-# our own checkpoints are trusted pickles (they hold optimizer and loop state).
+# Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and Lightning
+# notes where it loads without weights_only set (every load of ours sets weights_only=True: gad.trust).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*weights_only.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
