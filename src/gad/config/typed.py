@@ -1,0 +1,98 @@
+"""Typed configs: one dataclass per concern, validated once, before anything loads.
+
+A concern's dataclass (e.g. `gad.config.method.GADConfig`) names every key of its config node
+with a type; its defaults and their documentation live next to each other in the YAML file that
+configures it (conf/method/gad.yaml for GAD), so each knob is documented once. `typed` turns a
+composed node into an instance:
+
+- OmegaConf checks each value against its field's type (an int for an `int`, a finite-or-not
+  float for a `float`, ...) and refuses keys the dataclass does not declare;
+- the dataclass's `__post_init__` checks ranges and cross-field rules with `require`.
+
+Every problem becomes one `GADError` line naming the full key, e.g.
+`method.temperature=0 is invalid: must be > 0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar, get_type_hints
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from gad.errors import GADError
+
+T = TypeVar("T")
+
+
+class Invalid(ValueError):
+    """A value that breaks a rule of its dataclass: `field` relative to the dataclass."""
+
+    def __init__(self, field: str, value: Any, why: str):
+        super().__init__(f"{field}={value} is invalid: {why}")
+        self.field, self.value, self.why = field, value, why
+
+
+def require(ok: bool, field: str, value: Any, why: str) -> None:
+    """A rule of a config dataclass (call it from `__post_init__`): raise `Invalid` unless `ok`."""
+    if not ok:
+        raise Invalid(field, value, why)
+
+
+def finite(x: float | None) -> bool:
+    """OmegaConf lets `inf` and `nan` through a float field; no knob of ours means either."""
+    return x is None or math.isfinite(x)
+
+
+def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
+    """`node` (the config at `key`) as an instance of the dataclass `schema`, or one `GADError` line
+    naming the offending key. Hydra's own keys (`_target_`, `_partial_`) pass through when the
+    dataclass declares them; interpolations are resolved."""
+    prefix = f"{key}." if key else ""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except Invalid as err:
+        raise GADError(f"{prefix}{err.field}={_as_given(node, err.field, err.value)} is invalid: {err.why}") from None
+    except ConfigKeyError as err:
+        raise GADError(f"{prefix}{err.full_key}: unknown key (known: {', '.join(_fields(schema, err.full_key))})") from None
+    except MissingMandatoryValue as err:
+        raise GADError(f"{prefix}{err.full_key}: required, but not set") from None
+    except ValidationError as err:
+        raise GADError(f"{prefix}{err.full_key}={_as_given(node, err.full_key, '?')} is invalid: {_type_words(err)}") from None
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve, ...
+        where = f"{prefix}{err.full_key}" if getattr(err, "full_key", None) else key
+        raise GADError(f"{where}: {' '.join(str(err).splitlines()[0].split())}") from None
+
+
+def _as_given(node: DictConfig | Mapping[str, Any], field: str, default: Any) -> Any:
+    """The value as the user wrote it (`0`, not the `0.0` its float field made of it)."""
+    if not isinstance(node, DictConfig):
+        node = OmegaConf.create(dict(node))
+    try:
+        value = OmegaConf.select(node, str(field), default=default, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return default
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _fields(schema: type, full_key: str) -> list[str]:
+    """The keys the dataclass holding `full_key` declares (for the unknown-key message)."""
+    cls: Any = schema
+    for part in str(full_key).split(".")[:-1]:
+        cls = get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return []
+    return sorted(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+
+
+def _type_words(err: ValidationError) -> str:
+    text = str(err).splitlines()[0]
+    for name, words in (("Integer", "must be an integer"), ("Float", "must be a number"),
+                        ("Boolean", "must be true or false"), ("String", "must be a string")):
+        if f"converted to {name}" in text:
+            return words
+    return " ".join(text.split())
