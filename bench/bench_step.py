@@ -28,7 +28,7 @@ from hydra.utils import instantiate  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from gad.config import validate  # noqa: E402
+from gad.config.validate import validate  # noqa: E402
 from gad.train import build_module  # noqa: E402
 
 SECTIONS = {"rollout": "rollout (generate)", "d_step": "D forward+backward+step",

@@ -18,17 +18,13 @@ sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from gad.errors import exit_on_user_error, run_cli  # noqa: E402
+from gad.cli import start  # noqa: E402
+from gad.errors import run_cli  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="collect")
 def main(cfg: DictConfig) -> None:
-    from gad.teacher.collect import collect
-
-    with exit_on_user_error():
-        status = collect(cfg)
-    if status:
-        sys.exit(status)
+    start(cfg, "gad.teacher.collect:collect", returns_status=True)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,15 @@ sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from gad.errors import exit_on_interrupt, exit_on_user_error, run_cli  # noqa: E402
+from gad.cli import start  # noqa: E402
+from gad.errors import run_cli  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from gad.evaluation.evaluate import evaluate  # heavy imports after composition keeps --help and --cfg fast
-    from gad.console import setup as setup_console  # third-party bars and info logs off unless verbose=true
-
     # Generations, perplexities and judge replies reach their journals as they come: Ctrl-C keeps them.
-    with exit_on_user_error(), exit_on_interrupt("what was generated and judged so far is cached: "
-                                                 "re-run the same command to continue"):
-        setup_console(cfg)
-        status = evaluate(cfg)
-    if status:
-        sys.exit(status)
+    start(cfg, "gad.evaluation.evaluate:evaluate", returns_status=True, console=True,
+          kept_on_interrupt="what was generated and judged so far is cached: re-run the same command to continue")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from conftest import ROOT, assert_one_line_error, run_entry
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from gad.config import validate
+from gad.config.validate import validate
 from gad.errors import GADError
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))

@@ -16,7 +16,7 @@ from chat_server import ChatServer
 from conftest import ROOT, assert_one_line_error, run_entry, train
 from hydra import compose, initialize_config_dir
 
-from gad.config import validate
+from gad.config.validate import validate
 from gad.errors import GADError
 
 

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from gad.analysis.evidence import adversarial_table, load_jobs, results_table
-from gad.config import validate
+from gad.config.validate import validate
 
 ARMS = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
 

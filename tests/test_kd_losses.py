@@ -232,7 +232,7 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
     """Off-policy alpha = 0: loss = T^2 x token-mean KL on the teacher responses, computed here in
     float64 from the two models' own logits; the gradient is that of T^2 x KL alone."""
     tok, teacher_dir, batch = world
-    module = kd(tok, teacher_dir, alpha=0.0, on_policy=False, temperature=2.0, teacher={"top_k": top_k})
+    module = kd(tok, teacher_dir, alpha=0.0, on_policy=False, softening_temperature=2.0, teacher={"top_k": top_k})
     metrics = module.kd_backward(batch, 0.0)
 
     targets, mask = batch["response_ids"], batch["response_mask"].numpy()
@@ -255,7 +255,7 @@ def test_alpha_zero_is_pure_kd_against_float64(world, top_k):
     assert want > 1e-2
 
     # the gradient is exactly that of T^2 x KL (CE is only logged at alpha = 0)
-    kl_only = kd(tok, teacher_dir, alpha=0.0, on_policy=False, temperature=2.0, teacher={"top_k": top_k})
+    kl_only = kd(tok, teacher_dir, alpha=0.0, on_policy=False, softening_temperature=2.0, teacher={"top_k": top_k})
     zs_t = kl_only.response_logprobs(kl_only.generator, *parts, with_logits=True)[1]
     ids, attn = torch.cat(parts[0::2], dim=1), torch.cat(parts[1::2], dim=1)
     dists = kl_only.teacher.score(ids, attn, targets.size(1))
@@ -298,14 +298,17 @@ def test_teacher_config_errors_name_the_key(spec, fragment):
         build_teacher(spec)
 
 
-def test_module_validates_its_own_keys(world):
+@pytest.mark.parametrize("override", ["method.samples_per_prompt=0", "method.alpha_warmup_steps=-1"])
+def test_kd_keys_are_validated_before_anything_loads(override):
+    from hydra import compose, initialize_config_dir
+
+    from gad.config.validate import validate
     from gad.errors import GADError
 
-    tok, teacher_dir, _ = world
-    with pytest.raises(GADError, match=r"method\.samples_per_prompt=0"):
-        kd(tok, teacher_dir, samples_per_prompt=0)
-    with pytest.raises(GADError, match=r"method\.alpha_warmup_steps=-1"):
-        kd(tok, teacher_dir, alpha_warmup_steps=-1)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", "method=kd", override])
+    with pytest.raises(GADError, match=override.replace(".", r"\.") + " is invalid"):
+        validate(cfg)
 
 
 def test_local_teacher_with_another_tokenizer_is_refused(world, tmp_path):

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from gad.checkpoint_io import restore_reference
-from gad.config import validate
+from gad.config.validate import validate
 from gad.errors import GADError
 from gad.models import plain_from_state
 from gad.runs import load_module, run_config

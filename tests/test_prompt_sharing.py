@@ -11,7 +11,8 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from gad.models import Discriminator, load_student
+from gad.discriminator import Discriminator
+from gad.models import load_student
 from gad.prompt_sharing import can_share_prompt, forward_after_prompt
 from gad.rollout import generation_config, sample
 from gad.train import build_module

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gad.analysis import load_discriminator
 from gad.chat import system_prompt_sent, template_default_system, with_system_prompt
-from gad.config import validate
+from gad.config.validate import validate
 from gad.data import DistillDataModule
 from gad.errors import GADError
 from gad.models import load_student, load_tokenizer

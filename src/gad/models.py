@@ -1,9 +1,5 @@
-"""The three networks of GAD: student (generator), discriminator, frozen reference.
-
-The discriminator is a copy of the student's trunk plus a linear head hidden -> 1 that reads
-the hidden state of the last response token. That token is found from the response mask, not
-from padding, so a response that ends with a token equal to the pad id (Qwen's
-<|endoftext|> is both) is still scored at the right place.
+"""The student and its tokenizer (loaded, or built from scratch for the toy world), the frozen
+reference copy, and LoRA. The discriminator built from the student is in gad.discriminator.
 
 LoRA (`model.lora`, the optional `peft` library): the generator and/or the discriminator's
 trunk train low-rank adapters on frozen base weights (`add_lora`); the export merges them
@@ -19,21 +15,18 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig
 from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
+from gad.config.model import LoraConfig
 from gad.errors import GADError
-from gad.packing import packed_forward_after_prompt
-from gad.prompt_sharing import forward_after_prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -249,73 +242,9 @@ def plain_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> PreTra
     return plain
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """`model.lora`: which networks train LoRA adapters instead of their full weights, and their shape."""
-
-    generator: bool = False
-    discriminator: bool = False
-    r: int = 16
-    alpha: float = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-
-    @classmethod
-    def parse(cls, lora: LoraSettings | Mapping | None) -> LoraSettings:
-        """From the config block (None: LoRA off, e.g. a run saved before `model.lora` existed)."""
-        if lora is None:
-            return cls()
-        if isinstance(lora, LoraSettings):
-            return lora
-        if isinstance(lora, DictConfig):
-            lora = OmegaConf.to_container(lora, resolve=True)
-        known = [f.name for f in fields(cls)]
-        for key in lora:
-            if key not in known:
-                raise GADError(f"model.lora.{key}: unknown key (known: {', '.join(known)})")
-        return cls(**lora)
-
-    def apply(self, model: PreTrainedModel, network: str) -> nn.Module:
-        """`model` with adapters if `model.lora.<network>` is on, else `model` unchanged."""
-        if not getattr(self, network):
-            return model
-        shape = {k: v for k, v in asdict(self).items() if k not in ("generator", "discriminator")}
-        return add_lora(model, **shape, key=f"model.lora.{network}")
-
-
-class Discriminator(nn.Module):
-    """Student trunk + scalar head, scoring the last token of each response."""
-
-    def __init__(self, trunk: PreTrainedModel, hidden_size: int):
-        super().__init__()
-        self.trunk = trunk
-        self.head = nn.Linear(hidden_size, 1)
-        std = getattr(trunk.config, "initializer_range", 0.02)
-        nn.init.normal_(self.head.weight, std=std)
-        nn.init.zeros_(self.head.bias)
-
-    @classmethod
-    def from_student(cls, student: PreTrainedModel) -> Discriminator:
-        """Initialised from the student's weights, as in the paper (a copy, not shared).
-
-        Copy it from the plain student: adding LoRA to the generator modifies the student in place.
-        """
-        trunk = copy.deepcopy(student.base_model)
-        return cls(trunk, student.config.get_text_config().hidden_size)
-
-    def forward(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-        response_mask: torch.Tensor, group_size: int = 1, packed: bool = False,
-    ) -> torch.Tensor:
-        """Scores [rows] of `[pad.. prompt | response ..pad]` rows, read at each last response token.
-
-        `group_size` > 1: consecutive rows share their prompt, which runs once per group.
-        `packed`: the rows run as one padding-free sequence (gad.packing).
-        """
-        if packed:
-            hidden = packed_forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask)
-        else:
-            hidden = forward_after_prompt(self.trunk, prompt_ids, prompt_mask, response_ids, response_mask, group_size)
-        # hidden[:, 0] is the last prompt token, so the last response token sits at index `length`.
-        last = hidden[torch.arange(hidden.size(0), device=hidden.device), response_mask.sum(-1).long()]
-        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
+def apply_lora(model: PreTrainedModel, lora: LoraConfig, network: str) -> nn.Module:
+    """`model` with adapters if `model.lora.<network>` is on (`network`: generator or discriminator),
+    else `model` unchanged."""
+    if not getattr(lora, network):
+        return model
+    return add_lora(model, **lora.adapter_shape(), key=f"model.lora.{network}")

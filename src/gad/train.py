@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import AtomicCheckpointIO
-from gad.config import validate
+from gad.config.validate import validate
 from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
 from gad.trust import check_checkpoint, check_sharded_checkpoint

@@ -53,9 +53,15 @@ def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
     dataclass declares them; interpolations are resolved."""
     prefix = f"{key}." if key else ""
     try:
+        if isinstance(node, DictConfig):  # resolved in its own tree: `${data.max_response_tokens}` points outside it
+            node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+        _refuse_loose_booleans(schema, node, prefix)
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except Invalid as err:
+        err.field = f"{_where(merged, err)}{err.field}"
+        if err.value is None:  # a value the rule needs and nobody set: "method.teacher.path: set the teacher model..."
+            raise GADError(f"{prefix}{err.field}: {err.why}") from None
         raise GADError(f"{prefix}{err.field}={_as_given(node, err.field, err.value)} is invalid: {err.why}") from None
     except ConfigKeyError as err:
         raise GADError(f"{prefix}{err.full_key}: unknown key (known: {', '.join(_fields(schema, err.full_key))})") from None
@@ -66,6 +72,33 @@ def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
     except OmegaConfBaseException as err:  # an interpolation that does not resolve, ...
         where = f"{prefix}{err.full_key}" if getattr(err, "full_key", None) else key
         raise GADError(f"{where}: {' '.join(str(err).splitlines()[0].split())}") from None
+
+
+def _refuse_loose_booleans(schema: type, node: Any, prefix: str) -> None:
+    """OmegaConf reads "yes", "on" and 1 as true; a switch given as anything but true/false is
+    more likely a mistake (a value meant for another key) than a way to say true."""
+    hints = get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if not isinstance(node, Mapping) and not isinstance(node, DictConfig) or f.name not in node:
+            continue
+        value = node[f.name]
+        if hints[f.name] is bool and not isinstance(value, bool):
+            raise GADError(f"{prefix}{f.name}={value} is invalid: must be true or false")
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, (Mapping, DictConfig)):
+            _refuse_loose_booleans(hints[f.name], value, f"{prefix}{f.name}.")
+
+
+def _where(merged: DictConfig, err: Invalid) -> str:
+    """The path (with a trailing dot) of the nested dataclass whose rule `err` broke; "" for the top one."""
+    for name in merged:
+        child = merged._get_node(name)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            try:
+                OmegaConf.to_object(child)
+            except Invalid as inner:
+                if inner.why == err.why and inner.field == err.field:
+                    return f"{name}.{_where(child, err)}"
+    return ""
 
 
 def _as_given(node: DictConfig | Mapping[str, Any], field: str, default: Any) -> Any:

@@ -118,8 +118,6 @@ class DistillDataModule(L.LightningDataModule):
         system_prompt: str = "none",
     ):
         super().__init__()
-        if truncation not in ("left", "drop"):
-            raise GADError(f"data.truncation: '{truncation}' is not 'left' or 'drop'")
         self.tokenizer = tokenizer
         self.path, self.split = str(path), split
         self.columns = Columns(**(columns or {}))

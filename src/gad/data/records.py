@@ -64,7 +64,7 @@ def _check_file(p: Path) -> None:
                        "(use .jsonl, .jsonl.gz/.bz2/.xz or .parquet)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Columns:
     """Which source column holds each canonical field. `id=None` numbers rows instead."""
 

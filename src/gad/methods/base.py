@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
 from gad.losses import masked_sum, token_logprobs
 from gad.methods.optim import NetworkOptim
-from gad.models import LoraSettings, has_lora, plain_from_state
+from gad.config.model import LoraConfig
+from gad.config.typed import typed
+from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
 from gad.rollout import Rollout, sample
@@ -57,13 +59,14 @@ class DistillModule(L.LightningModule):
         micro_batch_size: int,
         seed: int,
         profile: bool = False,
-        lora: LoraSettings | dict | None = None,
+        lora: LoraConfig | Mapping[str, Any] | None = None,
         max_tokens_per_micro_batch: int | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.lora = LoraSettings.parse(lora)  # model.lora: with .generator on, G trains adapters only
-        student = self.lora.apply(student, "generator")
+        # model.lora (absent from runs saved before it existed: all off); with .generator on, G trains adapters only
+        self.lora = lora if isinstance(lora, LoraConfig) else typed(LoraConfig, lora or {}, "model.lora")
+        student = apply_lora(student, self.lora, "generator")
         self.generator = student
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size

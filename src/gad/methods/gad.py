@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from gad import losses
-from gad.errors import GADError
 from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.methods.optim import NetworkOptim
-from gad.models import Discriminator, frozen_copy
+from gad.discriminator import Discriminator
+from gad.models import apply_lora, frozen_copy
 from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
 
@@ -106,8 +106,6 @@ class GADModule(DistillModule):
     ):
         # D's trunk is a copy of the plain student's, taken before LoRA (model.lora.generator)
         # wraps the student in place for the generator.
-        if not (rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1):
-            raise GADError(f"method.rollout_segment_tokens={rollout_segment_tokens} is invalid: must be null or an integer >= 1")
         discriminator = Discriminator.from_student(student)
         if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
@@ -132,7 +130,7 @@ class GADModule(DistillModule):
             temperature=temperature, top_p=top_p,
         )
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
-        discriminator.trunk = self.lora.apply(discriminator.trunk, "discriminator")
+        discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
         self.discriminator = discriminator
         self.networks["discriminator"] = NetworkOptim(
             self.discriminator, discriminator_optimizer, discriminator_scheduler, discriminator_grad_clip

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from gad import kd_losses
-from gad.errors import GADError
+from gad.config.method import KDTeacherConfig
 from gad.losses import masked_sum
 from gad.methods.base import DistillModule
 from gad.rollout import generation_config
@@ -36,22 +36,17 @@ def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
     return TeacherDists(*(None if t is None else t[real.to(t.device)] for t in (dists.logprobs, dists.ids, dists.valid)))
 
 
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise GADError(f"method.{key}={value} is invalid: {why}")
-
-
 class KDModule(DistillModule):
     def __init__(
         self,
         student,
         tokenizer,
         *,
-        teacher: dict[str, Any],
+        teacher: KDTeacherConfig | dict[str, Any],
         steps: int = 2400,
         alpha: float = 0.5,
         alpha_warmup_steps: int = 240,
-        temperature: float = 2.0,
+        softening_temperature: float = 2.0,
         on_policy: bool = True,
         rollout_temperature: float = 1.0,
         top_p: float = 1.0,
@@ -68,22 +63,6 @@ class KDModule(DistillModule):
         profile: bool = False,
         lora=None,
     ):
-        _check(isinstance(steps, int) and steps >= 1, "steps", steps, "must be an integer >= 1")
-        _check(0 <= alpha <= 1, "alpha", alpha, "must be in [0, 1]")
-        _check(isinstance(alpha_warmup_steps, int) and alpha_warmup_steps >= 0, "alpha_warmup_steps", alpha_warmup_steps,
-               "must be an integer >= 0")
-        _check(temperature > 0, "temperature", temperature, "must be > 0 (the softening temperature T)")
-        _check(isinstance(on_policy, bool), "on_policy", on_policy, "must be true or false")
-        _check(rollout_temperature > 0, "rollout_temperature", rollout_temperature, "must be > 0")
-        _check(0 < top_p <= 1, "top_p", top_p, "must be in (0, 1]")
-        _check(isinstance(samples_per_prompt, int) and samples_per_prompt >= 1, "samples_per_prompt", samples_per_prompt,
-               "must be an integer >= 1")
-        _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be >= 1")
-        _check(isinstance(micro_batch_size, int) and micro_batch_size >= 1, "micro_batch_size", micro_batch_size, "must be >= 1")
-        _check(isinstance(rollout_batch_size, int) and rollout_batch_size >= 1, "rollout_batch_size", rollout_batch_size,
-               "must be >= 1")
-        _check(rollout_segment_tokens is None or isinstance(rollout_segment_tokens, int) and rollout_segment_tokens >= 1,
-               "rollout_segment_tokens", rollout_segment_tokens, "must be null or an integer >= 1")
         super().__init__(
             student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
             generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
@@ -91,7 +70,7 @@ class KDModule(DistillModule):
             max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
-        self.temperature, self.on_policy = temperature, on_policy
+        self.softening_temperature, self.on_policy = softening_temperature, on_policy
         self.num_samples, self.rollout_batch_size = samples_per_prompt, rollout_batch_size  # the base rollout reads num_samples
         self.rollout_segment_tokens = rollout_segment_tokens
         self.sampling = generation_config(
@@ -125,8 +104,8 @@ class KDModule(DistillModule):
         """Per-token softened KL(teacher_T || student_T): [...] for dists and logits [..., V]."""
         dists = dists.to(student_logits.device)
         if dists.full:
-            return kd_losses.full_kl(dists.logprobs, student_logits, self.temperature)
-        return kd_losses.topk_kl(dists.ids, dists.logprobs, student_logits, self.temperature, dists.valid)
+            return kd_losses.full_kl(dists.logprobs, student_logits, self.softening_temperature)
+        return kd_losses.topk_kl(dists.ids, dists.logprobs, student_logits, self.softening_temperature, dists.valid)
 
     # ------------------------------------------------------------ the step
 
@@ -140,7 +119,7 @@ class KDModule(DistillModule):
     def kd_backward(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """Backpropagate alpha x CE + (1 - alpha) x T^2 x KL for one batch; returns the step's metrics."""
         metrics: dict[str, Any] = {"train/alpha": alpha, "train/teacher_len": batch["response_mask"].sum(-1).float().mean()}
-        kl_weight = (1.0 - alpha) * self.temperature**2
+        kl_weight = (1.0 - alpha) * self.softening_temperature**2
         if kl_weight == 0:  # alpha = 1: exactly SeqKD
             ce = self.sft_backward(batch, weight=1.0)
             metrics.update({"train/sft_loss": ce, "train/loss": ce})
@@ -188,5 +167,5 @@ class KDModule(DistillModule):
         elif alpha > 0:
             metrics["train/sft_loss"] = self.sft_backward(batch, weight=alpha)
         ce = metrics.get("train/sft_loss", torch.zeros((), device=self.device))
-        metrics["train/loss"] = kd_losses.blended_loss(ce, metrics["train/kl"], alpha, self.temperature)
+        metrics["train/loss"] = kd_losses.blended_loss(ce, metrics["train/kl"], alpha, self.softening_temperature)
         return metrics

@@ -1,0 +1,40 @@
+"""What the entry scripts (src/train.py, prepare.py, collect.py, eval.py) share after Hydra has
+composed their config: the body is imported only then (so `--help` and `--cfg` stay fast), runs with
+the terminal set up for people, and every way it ends becomes an exit status:
+
+    0 done · 2 bad input (one `error:` line) · 3 unfinished, re-run to continue · 130 Ctrl-C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gad.errors import exit_on_interrupt, exit_on_user_error
+
+import gad.run_folder  # noqa: F401  # the ${gad.run_id:} resolver of run folder names (conf/hydra/default.yaml)
+
+
+def start(cfg: DictConfig, body: str, *, returns_status: bool, console: bool = False, prints_run_folder: bool = False,
+          kept_on_interrupt: str = "") -> Any:
+    """Run `body` ("module:function", called with `cfg`). With `returns_status` its return value is
+    an exit status (non-zero: exit with it); otherwise it is handed back to Hydra (a sweeper's metric).
+    `console`: third-party progress bars and info logs off unless verbose=true (gad.console);
+    `prints_run_folder`: then the first line names the run folder (cfg.paths.output_dir).
+    `kept_on_interrupt`: Ctrl-C is an `error:` line saying what survived, and exit 130."""
+    module, function = body.split(":")
+    run = getattr(importlib.import_module(module), function)
+    interrupt = exit_on_interrupt(kept_on_interrupt) if kept_on_interrupt else contextlib.nullcontext()
+    with exit_on_user_error(), interrupt:
+        if console:
+            from gad.console import setup
+
+            setup(cfg, run_dir=cfg.paths.output_dir if prints_run_folder else None)
+        result = run(cfg)
+    if returns_status and result:
+        sys.exit(result)
+    return None if returns_status else result
