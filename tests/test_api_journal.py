@@ -126,7 +126,10 @@ def test_pending_items_skips_answered_and_rejected(tmp_path):
 
 def _run(server, tmp_path, n, concurrency, work=None, **kw):
     async def go():
-        client = make_client(ClientSettings(base_url=server.base_url, max_retries=0), "k", concurrency=concurrency)
+        settings = ClientSettings(base_url=server.base_url, api_key_env="OPENAI_API_KEY", require_api_key=True, timeout_s=300.0,
+                                  connect_timeout_s=10.0, max_retries=0, backoff_initial_s=0.5, backoff_max_s=30.0,
+                                  http_backend="aiohttp")
+        client = make_client(settings, "k", concurrency=concurrency)
 
         async def ask(item):
             reply = await chat_completion(client, model="m", messages=item["messages"])

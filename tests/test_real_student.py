@@ -220,8 +220,9 @@ def test_system_prompt_policy_with_smollm2_template(smollm2, dump, tmp_path, pol
     rows = data._encode([{"id": "a", "messages": [{"role": "user", "content": "Hi"}], "response": "Hello"}], {})
     assert (SMOLLM_DEFAULT in tok.decode(rows[0]["prompt_ids"])) == injected
     # collect: what the teacher is sent (recorded in each record's meta.system_prompt)
-    cfg = {"prompts": str(dump), "output": str(tmp_path / "out.jsonl"), "system_prompt": policy,
-           "system_prompt_tokenizer": str(smollm2), "teacher": OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "teacher" / "openai.yaml"))}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("collect", overrides=[f"prompts={dump}", f"output={tmp_path / 'out.jsonl'}", f"system_prompt={policy}",
+                                            f"system_prompt_tokenizer={smollm2}"])
     sent = plan_from_config(cfg).teacher.system_prompt
     assert (sent is not None and SMOLLM_DEFAULT in sent) == injected
     # evaluation: the same rendering

@@ -25,37 +25,33 @@ Exit status: 0 when every prompt is answered or rejected; 3 when some are still 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from gad.api.client import (
-    FATAL,
-    PERMANENT,
-    ClientSettings,
-    api_key_from_env,
-    chat_completion,
-    classify_error,
-    make_client,
-    protect_logs,
-    redact,
-)
+from omegaconf import DictConfig, OmegaConf
+
+from gad.api.client import chat_completion, make_client
+from gad.api.errors import FATAL, PERMANENT, classify_error
 from gad.api.journal import Journal
 from gad.api.runner import FAILED, OK, REJECTED, FatalRunError, Outcome, RunStats, pending_items, run_journaled
+from gad.api.redaction import protect_logs, redact
+from gad.api.settings import ClientSettings, api_key_from_env
 from gad.api.summary import estimate_cost, summary_table
 from gad.chat import NONE, TEMPLATE_DEFAULT, system_prompt_sent, with_system_prompt
+from gad.config.typed import finite, require, typed
 from gad.errors import GADError
-from gad.teacher.config import plain
 
 log = logging.getLogger(__name__)
 
 EXIT_MISSING = 3
+ENTRY_ONLY = ("paths", "hydra", "task_name")  # keys of the entry config that are not collect's own
 
 DEFAULT_REFUSAL_PATTERNS = (
     r"^(?:I'm|I am) sorry,? (?:but )?(?:I|we) (?:can(?:not|'t)|won't|am unable|'m unable|am not able|'m not able)",
@@ -72,13 +68,7 @@ class RefusalDetector:
     def __init__(self, patterns: list[str] | tuple[str, ...], scan_chars: int = 300, enabled: bool = True) -> None:
         self.enabled = enabled
         self.scan_chars = scan_chars
-        compiled = []
-        for i, p in enumerate(patterns):
-            try:
-                compiled.append(re.compile(p, re.IGNORECASE))
-            except re.error as err:
-                raise GADError(f"refusal.patterns[{i}] is not a valid regular expression ({err})") from None
-        self.patterns = compiled
+        self.patterns = [re.compile(p, re.IGNORECASE) for p in patterns]
 
     def __call__(self, text: str) -> bool:
         if not self.enabled or not text:
@@ -89,70 +79,71 @@ class RefusalDetector:
 
 # ------------------------------------------------------------------------------------- config
 @dataclass
-class TeacherSpec:
-    """The request side of the teacher config (the connection side is `ClientSettings`)."""
+class TeacherConfig(ClientSettings):
+    """A teacher endpoint (the `ClientSettings` keys) and what to ask it: conf/teacher/{openai,vllm}.yaml,
+    where every key is documented."""
 
     model: str
     concurrency: int
-    params: dict[str, Any]
-    system_prompt: str | None
-    price_in_per_mtok: float | None
-    price_out_per_mtok: float | None
+    temperature: Optional[float]
+    top_p: Optional[float]
+    max_tokens: Optional[int]
+    max_tokens_field: str
+    seed: Optional[int]
+    system_prompt: Optional[str]
+    extra_body: dict[str, Any]
+    price_in_per_mtok: Optional[float]
+    price_out_per_mtok: Optional[float]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.model.strip()), "model", self.model, "must name the model to ask (e.g. gpt-5-chat-latest)")
+        self.model = self.model.strip()
+        self.system_prompt = self.system_prompt or None
+        require(self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")
+        t, top_p = self.temperature, self.top_p
+        require(t is None or (finite(t) and 0 <= t <= 2), "temperature", t, "must be >= 0 and <= 2")
+        require(top_p is None or (finite(top_p) and 0 < top_p <= 1), "top_p", top_p, "must be > 0 and <= 1")
+        require(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be >= 1")
+        require(self.max_tokens_field in ("max_tokens", "max_completion_tokens"), "max_tokens_field",
+                self.max_tokens_field, "must be max_tokens or max_completion_tokens")
+        for name in ("price_in_per_mtok", "price_out_per_mtok"):
+            price = getattr(self, name)
+            require(price is None or (finite(price) and price >= 0), name, price, "must be >= 0")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The request fields besides model and messages (unset ones left to the server)."""
+        params: dict[str, Any] = {}
+        for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
+                            (self.max_tokens_field, self.max_tokens), ("seed", self.seed)):
+            if value is not None:
+                params[name] = value
+        if self.extra_body:
+            params["extra_body"] = dict(self.extra_body)
+        return params
 
 
-def _opt_number(cfg: Mapping[str, Any], name: str, key: str, *, low: float, high: float | None = None, integer: bool = False, strict_low: bool = False):
-    value = cfg.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise GADError(f"{key} must be {'an integer' if integer else 'a number'} or null, got {value!r}")
-    if (value <= low) if strict_low else (value < low):
-        raise GADError(f"{key} must be {'>' if strict_low else '>='} {low:g}, got {value!r}")
-    if high is not None and value > high:
-        raise GADError(f"{key} must be <= {high:g}, got {value!r}")
-    return int(value) if integer else float(value)
+@dataclass
+class RefusalConfig:
+    """The refusal filter (`refusal` in conf/collect.yaml, documented there); `patterns` None: the built-in set."""
 
+    enabled: bool
+    scan_chars: int
+    patterns: Optional[list[str]]
 
-def teacher_spec(cfg: Mapping[str, Any], prefix: str = "teacher") -> TeacherSpec:
-    """Validate the sampling/request part of a teacher config; errors name `prefix.key`."""
-    model = cfg.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise GADError(f"{prefix}.model must name the model to ask (e.g. {prefix}.model=gpt-5-chat-latest)")
-    concurrency = cfg.get("concurrency")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise GADError(f"{prefix}.concurrency must be an integer >= 1, got {concurrency!r}")
-    params: dict[str, Any] = {}
-    temperature = _opt_number(cfg, "temperature", f"{prefix}.temperature", low=0.0, high=2.0)
-    top_p = _opt_number(cfg, "top_p", f"{prefix}.top_p", low=0.0, high=1.0, strict_low=True)
-    max_tokens = _opt_number(cfg, "max_tokens", f"{prefix}.max_tokens", low=1, integer=True)
-    seed = _opt_number(cfg, "seed", f"{prefix}.seed", low=-(2**63), integer=True)
-    field = str(cfg.get("max_tokens_field") or "max_tokens")
-    if field not in ("max_tokens", "max_completion_tokens"):
-        raise GADError(f"{prefix}.max_tokens_field must be max_tokens or max_completion_tokens, got {field!r}")
-    if temperature is not None:
-        params["temperature"] = temperature
-    if top_p is not None:
-        params["top_p"] = top_p
-    if max_tokens is not None:
-        params[field] = max_tokens
-    if seed is not None:
-        params["seed"] = seed
-    extra = cfg.get("extra_body") or {}
-    if not isinstance(extra, Mapping):
-        raise GADError(f"{prefix}.extra_body must be a mapping of extra request fields")
-    if extra:
-        params["extra_body"] = dict(extra)
-    system_prompt = cfg.get("system_prompt")
-    if system_prompt is not None and not isinstance(system_prompt, str):
-        raise GADError(f"{prefix}.system_prompt must be a string or null")
-    return TeacherSpec(
-        model=model.strip(),
-        concurrency=concurrency,
-        params=params,
-        system_prompt=system_prompt or None,
-        price_in_per_mtok=_opt_number(cfg, "price_in_per_mtok", f"{prefix}.price_in_per_mtok", low=0.0),
-        price_out_per_mtok=_opt_number(cfg, "price_out_per_mtok", f"{prefix}.price_out_per_mtok", low=0.0),
-    )
+    def __post_init__(self) -> None:
+        require(self.scan_chars >= 1, "scan_chars", self.scan_chars, "must be >= 1")
+        if self.patterns is None:
+            self.patterns = list(DEFAULT_REFUSAL_PATTERNS)
+        for i, pattern in enumerate(self.patterns):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                require(False, f"patterns[{i}]", pattern, f"not a valid regular expression ({err})")
+
+    def detector(self) -> RefusalDetector:
+        return RefusalDetector(self.patterns or [], scan_chars=self.scan_chars, enabled=self.enabled)
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -166,13 +157,12 @@ def sidecar_path(output: Path, failures: str | None) -> Path:
     Not a dump suffix: the sidecar holds refusals, and `data.path=<that folder>` must never train
     on them (gad.data.records skips `.failures` files, and the `.failures.jsonl` of earlier versions).
     """
-    if failures:
-        path = Path(failures)
-        if path.suffix in (".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz") and not path.name.endswith(".failures.jsonl"):
-            raise GADError(f"failures={failures}: a dump suffix, so a data folder holding it would train on the refusals "
-                           "it lists; use a name ending in .failures")
-        return path
-    return output.with_name(f"{output.name}.failures")
+    return Path(failures) if failures else output.with_name(f"{output.name}.failures")
+
+
+def _dump_suffix(failures: str) -> bool:
+    path = Path(failures)
+    return path.suffix in (".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz") and not path.name.endswith(".failures.jsonl")
 
 
 def adopt_legacy_sidecar(output: Path, sidecar: Path) -> Path | None:
@@ -187,98 +177,77 @@ def adopt_legacy_sidecar(output: Path, sidecar: Path) -> Path | None:
 
 @dataclass
 class CollectPlan:
-    """Validated settings for one collect run."""
+    """One collect run: conf/collect.yaml (every key documented there) with its teacher group (conf/teacher/).
+    Derived: `output_path`, `failures_path` (the sidecar), `detector` (the refusal filter)."""
 
     prompts: str
+    system_prompt: Optional[str]
+    system_prompt_tokenizer: Optional[str]
     prompts_split: str
-    output: Path
-    failures: Path
-    limit: int | None
+    limit: Optional[int]
+    output: str
+    failures: Optional[str]
     retry_rejected: bool
     keep_truncated: bool
-    refusal: RefusalDetector
+    refusal: RefusalConfig
     abort_after_failures: int
     fsync_interval_s: float
     progress: bool
-    client: ClientSettings
-    teacher: TeacherSpec
+    teacher: TeacherConfig
+
+    def __post_init__(self) -> None:
+        prompts = Path(self.prompts)
+        require(prompts.exists() or _looks_like_hub_id(self.prompts), "prompts", self.prompts, "no such file or folder")
+        self.output_path = Path(self.output)
+        require(self.output_path.suffix == ".jsonl", "output", self.output, "must be a .jsonl file")
+        require(not (prompts.exists() and self.output_path.exists() and self.output_path.resolve() == prompts.resolve()),
+                "output", self.output, "must differ from prompts")
+        require(not (self.failures and _dump_suffix(self.failures)), "failures", self.failures,
+                "a dump suffix, so a data folder holding it would train on the refusals it lists; "
+                "use a name ending in .failures")
+        self.failures_path = sidecar_path(self.output_path, self.failures)
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be >= 1 (null = all)")
+        require(self.abort_after_failures >= 0, "abort_after_failures", self.abort_after_failures, "must be >= 0")
+        require(finite(self.fsync_interval_s) and self.fsync_interval_s >= 0, "fsync_interval_s",
+                self.fsync_interval_s, "must be >= 0")
+        self.detector = self.refusal.detector()
+
+    @property
+    def client(self) -> ClientSettings:
+        """The connection side of the teacher config."""
+        return self.teacher
 
 
 def plan_from_config(cfg: Any) -> CollectPlan:
     """Check every config value up front; each problem is one line naming its key."""
-    c = plain(cfg)
-    prompts = c.get("prompts")
-    if not prompts or prompts == "???":
-        raise GADError("prompts must name the prompts file (prompts=<file.jsonl>)")
-    prompts = str(prompts)
-    if not Path(prompts).exists() and not _looks_like_hub_id(prompts):
-        raise GADError(f"prompts: no such file or folder: {prompts}")
-    output = c.get("output")
-    if not output or output == "???":
-        raise GADError("output must name the output file (output=<file.jsonl>)")
-    output_path = Path(str(output))
-    if output_path.suffix != ".jsonl":
-        raise GADError(f"output must be a .jsonl file, got {output_path}")
-    if Path(prompts).exists() and output_path.exists() and output_path.resolve() == Path(prompts).resolve():
-        raise GADError("output must differ from prompts")
-    teacher_cfg = c.get("teacher")
-    if not isinstance(teacher_cfg, Mapping):
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if not isinstance(cfg.get("teacher"), DictConfig):
         raise GADError("teacher config group is missing (teacher=openai or teacher=vllm)")
-    limit = c.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise GADError(f"limit must be a positive integer or null, got {limit!r}")
-    abort = c.get("abort_after_failures", 50)
-    if isinstance(abort, bool) or not isinstance(abort, int) or abort < 0:
-        raise GADError(f"abort_after_failures must be an integer >= 0, got {abort!r}")
-    fsync = c.get("fsync_interval_s", 1.0)
-    if isinstance(fsync, bool) or not isinstance(fsync, (int, float)) or fsync < 0:
-        raise GADError(f"fsync_interval_s must be a number >= 0, got {fsync!r}")
-    ref = c.get("refusal") or {}
-    patterns = ref.get("patterns")
-    if patterns is None:
-        patterns = list(DEFAULT_REFUSAL_PATTERNS)
-    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        raise GADError("refusal.patterns must be a list of regular expressions")
-    scan = ref.get("scan_chars", 300)
-    if isinstance(scan, bool) or not isinstance(scan, int) or scan < 1:
-        raise GADError(f"refusal.scan_chars must be an integer >= 1, got {scan!r}")
-    return CollectPlan(
-        prompts=prompts,
-        prompts_split=str(c.get("prompts_split") or "train"),
-        output=output_path,
-        failures=sidecar_path(output_path, c.get("failures")),
-        limit=limit,
-        retry_rejected=bool(c.get("retry_rejected", False)),
-        keep_truncated=bool(c.get("keep_truncated", False)),
-        refusal=RefusalDetector(patterns, scan_chars=scan, enabled=bool(ref.get("enabled", True))),
-        abort_after_failures=abort,
-        fsync_interval_s=float(fsync),
-        progress=bool(c.get("progress", True)),
-        client=ClientSettings.from_config(teacher_cfg, prefix="teacher"),
-        teacher=_with_policy(teacher_spec(teacher_cfg, prefix="teacher"), c),
-    )
+    # the run folder's keys (paths, hydra: they only resolve inside a Hydra run) are not collect's
+    plan = typed(CollectPlan, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ENTRY_ONLY]), "")
+    return _with_policy(plan)
 
 
-def _with_policy(spec: TeacherSpec, c: Mapping[str, Any]) -> TeacherSpec:
-    """`spec` with the system prompt that `system_prompt` (gad.chat; training's data.system_prompt) sends."""
-    policy = str(c.get("system_prompt") or NONE)
+def _with_policy(plan: CollectPlan) -> CollectPlan:
+    """`plan` whose teacher sends the system prompt that `system_prompt` (gad.chat; training's data.system_prompt) sends."""
+    policy = plan.system_prompt or NONE
     if policy == NONE:
-        return spec  # (teacher.system_prompt, if set, is the explicit text)
-    if spec.system_prompt:
+        return plan  # (teacher.system_prompt, if set, is the explicit text)
+    if plan.teacher.system_prompt:
         raise GADError(f"teacher.system_prompt and system_prompt={policy} are both set: keep one")
     tokenizer = None
     if policy == TEMPLATE_DEFAULT:
         from transformers import AutoTokenizer
 
-        path = c.get("system_prompt_tokenizer")
+        path = plan.system_prompt_tokenizer
         if not path:
             raise GADError("system_prompt=template_default needs system_prompt_tokenizer=<the student's tokenizer folder or hub id>")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as err:
             raise GADError(f"system_prompt_tokenizer: cannot load '{path}' ({type(err).__name__})") from None
-    spec.system_prompt = system_prompt_sent(policy, tokenizer)
-    return spec
+    plan.teacher = dataclasses.replace(plan.teacher, system_prompt=system_prompt_sent(policy, tokenizer))
+    return plan
 
 
 # ------------------------------------------------------------------------------------- the work
@@ -290,6 +259,7 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
     """The per-prompt coroutine: ask the teacher, judge the answer, return an `Outcome`."""
     spec = plan.teacher
     where = plan.client.base_url or "the OpenAI API"
+    params = spec.params
 
     async def work(prompt: dict[str, Any]) -> Outcome:
         messages = with_system_prompt(prompt["messages"], spec.system_prompt)  # (own system turns win)
@@ -310,7 +280,7 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
             )
 
         try:
-            reply = await chat_completion(client, model=spec.model, messages=messages, params=spec.params)
+            reply = await chat_completion(client, model=spec.model, messages=messages, params=params)
         except Exception as exc:  # sorted below; anything unexpected is re-raised by classify_error
             info = classify_error(exc, secrets, where=where)
             if info.scope == FATAL:
@@ -326,7 +296,7 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
         text = reply.text or ""
         if not text.strip():
             return failure(FAILED, "empty", f"empty response (finish_reason {reply.finish_reason})", reply, r)
-        if plan.refusal(text):
+        if plan.detector(text):
             return failure(REJECTED, "refusal", "the response matches a refusal pattern", reply, r)
         if reply.finish_reason == "length" and not plan.keep_truncated:
             return failure(REJECTED, "truncated", "the response hit max_tokens (finish_reason length)", reply, r)
@@ -367,7 +337,7 @@ def collect(cfg: Any) -> int:
     from rich.console import Console
 
     plan = plan_from_config(cfg)
-    key = api_key_from_env(plan.client)
+    key = api_key_from_env(plan.client, "teacher")
     protect_logs([key])
     console = Console()
 
@@ -378,11 +348,11 @@ def collect(cfg: Any) -> int:
         prompts = prompts[: plan.limit]
     ids = {p["id"] for p in prompts}
 
-    moved = adopt_legacy_sidecar(plan.output, plan.failures)
+    moved = adopt_legacy_sidecar(plan.output_path, plan.failures_path)
     if moved is not None:
-        console.print(f"renamed {moved} to {plan.failures} (sidecars no longer end in .jsonl, so they never load as data)")
-    with Journal(plan.output, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out, Journal(
-        plan.failures, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")
+        console.print(f"renamed {moved} to {plan.failures_path} (sidecars no longer end in .jsonl, so they never load as data)")
+    with Journal(plan.output_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out, Journal(
+        plan.failures_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")
     ) as side:
         for j in (out, side):
             if j.repaired_bytes:
@@ -391,7 +361,7 @@ def collect(cfg: Any) -> int:
         others = Counter(v["teacher"] for k, v in out.index.items() if k in ids and v.get("teacher") != plan.teacher.model)
         if others:
             console.print(
-                f"[yellow]{plan.output} already holds answers from another teacher ({', '.join(f'{t}: {n:,}' for t, n in others.items())}); "
+                f"[yellow]{plan.output_path} already holds answers from another teacher ({', '.join(f'{t}: {n:,}' for t, n in others.items())}); "
                 "they are kept and not sent again: use a new output file for a new teacher"
             )
         todo = pending_items(prompts, out, side, retry_rejected=plan.retry_rejected)
@@ -401,7 +371,7 @@ def collect(cfg: Any) -> int:
             f"{resumed - len(out.keys & ids):,} already rejected; sending {len(todo):,} to {plan.teacher.model} "
             f"at {plan.client.base_url or 'the OpenAI API'} (concurrency {plan.teacher.concurrency})"
         )
-        log.info("collect: %d prompts, %d to send, output %s", len(prompts), len(todo), plan.output)
+        log.info("collect: %d prompts, %d to send, output %s", len(prompts), len(todo), plan.output_path)
         stats = RunStats(total=len(todo))
         error: BaseException | None = None
         try:
@@ -419,8 +389,8 @@ def collect(cfg: Any) -> int:
 
     cost = estimate_cost(stats.tokens_in, stats.tokens_out, plan.teacher.price_in_per_mtok, plan.teacher.price_out_per_mtok)
     extra = [
-        ("output", f"{plan.output}: {answered:,} of {len(ids):,} prompts answered"),
-        ("sidecar", f"{plan.failures}: {sum(rejected.values()):,} rejected ({', '.join(f'{k} {v}' for k, v in rejected.most_common()) or '-'}), "
+        ("output", f"{plan.output_path}: {answered:,} of {len(ids):,} prompts answered"),
+        ("sidecar", f"{plan.failures_path}: {sum(rejected.values()):,} rejected ({', '.join(f'{k} {v}' for k, v in rejected.most_common()) or '-'}), "
                     f"{sum(failed.values()):,} failed ({', '.join(f'{k} {v}' for k, v in failed.most_common()) or '-'})"),
         ("still missing", f"{missing:,}" + (" (re-run the same command to send them)" if missing else "")),
     ]
