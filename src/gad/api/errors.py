@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gad.api.reply import MalformedReply
 from gad.api.redaction import redact
+from gad.api.reply import MalformedReply
 
 
 def is_quota_error(status: int, body: Any) -> bool:

@@ -58,7 +58,8 @@ class ClientSettings:
             require(finite(value) and value >= 0, name, value, "must be a finite number >= 0")
         require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", self.backoff_max_s,
                 "must be >= backoff_initial_s")
-        require(self.http_backend in ("aiohttp", "httpx"), "http_backend", self.http_backend, "must be aiohttp or httpx")
+        backend = self.http_backend
+        require(backend in ("aiohttp", "httpx"), "http_backend", backend, "must be aiohttp or httpx")
 
 
 def api_key_from_env(settings: ClientSettings, where: str = "") -> str:

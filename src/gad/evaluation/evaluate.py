@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gad.config.typed import finite, require, typed
 from gad.errors import GADError
 from gad.evaluation import length_control as lc
 from gad.evaluation.generate import CacheStats, GenerationParams, PerplexityParams, StudentRunner, prompt_sha
@@ -74,37 +75,31 @@ def load_sets(cfg: DictConfig) -> list[PromptSet]:
     return [load_set(name, spec, cfg.get("limit")) for name, spec in sets.items()]
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GADError(f"{key} must be a positive integer, got {value!r}")
-    return value
+@dataclass
+class LengthControl:
+    """`length_control` in conf/eval.yaml (documented there): the ratio bounds of the subset score."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        require(finite(self.low) and 0 < self.low <= 1, "low", self.low, "must be > 0 and <= 1")
+        require(finite(self.high) and self.high >= 1, "high", self.high, "must be >= 1")
 
 
 def generation_params(cfg: DictConfig) -> GenerationParams:
-    g = cfg.generation
-    return GenerationParams(
-        max_new_tokens=_positive_int(g.max_new_tokens, "generation.max_new_tokens"), greedy=bool(g.greedy),
-        temperature=float(g.temperature), top_p=float(g.top_p), seed=int(g.seed),
-        batch_size=_positive_int(g.batch_size, "generation.batch_size"),
-        system_prompt=str(g.get("system_prompt") or "none"),
-    )
+    return typed(GenerationParams, cfg.generation, "generation")
 
 
 def perplexity_params(cfg: DictConfig) -> PerplexityParams:
-    p = cfg.perplexity
-    return PerplexityParams(
-        enabled=bool(p.enabled), batch_size=_positive_int(p.batch_size, "perplexity.batch_size"),
-        max_prompt_tokens=_positive_int(p.max_prompt_tokens, "perplexity.max_prompt_tokens"),
-        max_response_tokens=_positive_int(p.max_response_tokens, "perplexity.max_response_tokens"),
-    )
+    return typed(PerplexityParams, cfg.perplexity, "perplexity")
 
 
 # ------------------------------------------------------------------------------------------ score
 def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, console=None) -> Evaluation:
     gen, ppl = generation_params(cfg), perplexity_params(cfg)
-    low, high = float(cfg.length_control.low), float(cfg.length_control.high)
-    if not 0 < low <= 1 <= high:
-        raise GADError("length_control: need 0 < low <= 1 <= high")
+    bounds = typed(LengthControl, cfg.length_control, "length_control")
+    low, high = bounds.low, bounds.high
     judge_cfg = _plain(cfg.get("judge"))
     judge = Judge(judge_cfg, cfg.cache_dir, progress=bool(cfg.progress), console=console) if judge_cfg else None
 

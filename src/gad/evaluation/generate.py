@@ -16,12 +16,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from gad.api.journal import Journal
 from gad.chat import with_system_prompt
+from gad.config.typed import finite, require
 from gad.evaluation.models import ModelSpec, load_model_for
 
 
@@ -35,13 +36,23 @@ def prompt_sha(messages: list[dict]) -> str:
 
 @dataclass
 class GenerationParams:
-    max_new_tokens: int = 1536
-    greedy: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-    system_prompt: str = "none"  # gad.chat policy for conversations without a system turn
+    """`generation` in conf/eval.yaml (each key documented there)."""
+
+    max_new_tokens: int
+    greedy: bool
+    temperature: float
+    top_p: float
+    seed: int
+    batch_size: int
+    system_prompt: Optional[str]  # gad.chat policy for conversations without a system turn (None: none)
+
+    def __post_init__(self) -> None:
+        self.system_prompt = self.system_prompt or "none"
+        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        if not self.greedy:  # sampling only: greedy decoding reads neither
+            require(finite(self.temperature) and self.temperature > 0, "temperature", self.temperature, "must be > 0")
+            require(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "must be > 0 and <= 1")
 
     def key(self) -> dict[str, Any]:
         """What changes the text (batch size does not, for greedy decoding)."""
@@ -53,10 +64,16 @@ class GenerationParams:
 
 @dataclass
 class PerplexityParams:
-    enabled: bool = True
-    batch_size: int = 4
-    max_prompt_tokens: int = 2048
-    max_response_tokens: int = 1536
+    """`perplexity` in conf/eval.yaml (each key documented there)."""
+
+    enabled: bool
+    batch_size: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_prompt_tokens", "max_response_tokens"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
 
     def key(self) -> dict[str, Any]:
         return {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}

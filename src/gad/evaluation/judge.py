@@ -24,10 +24,11 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from gad.api.settings import ClientSettings
 from gad.chat import system_prompt_sent, with_system_prompt
-from gad.errors import GADError
+from gad.config.typed import finite, require, typed
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 JUDGE_INSTRUCTION = (
@@ -94,47 +95,64 @@ def student_reference(order: str, scores: tuple[float, float]) -> tuple[float, f
 
 # -------------------------------------------------------------------------------------- settings
 @dataclass
-class JudgeConfig:
-    model: str
-    concurrency: int = 16
-    temperature: float | None = 0.0
-    max_tokens_field: str = "max_tokens"
-    reference_max_tokens: int | None = 2048
-    reference_system_prompt: str | None = None
-    verdict_max_tokens: int | None = 512
-    both_orders: bool = True
-    parse_retries: int = 2
-    retry_rejected: bool = False
-    abort_after_failures: int = 50
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    price_in_per_mtok: float | None = None
-    price_out_per_mtok: float | None = None
+class ReferenceConfig:
+    """`judge.reference`: the judge's own answer (conf/judge/gpt4o.yaml documents the keys)."""
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> JudgeConfig:
-        get = cfg.get
-        if not get("model"):
-            raise GADError("judge.model must name the judge model (e.g. gpt-4o)")
-        field_name = str(get("max_tokens_field", "max_tokens"))
-        if field_name not in ("max_tokens", "max_completion_tokens"):
-            raise GADError("judge.max_tokens_field must be max_tokens or max_completion_tokens")
-        concurrency = get("concurrency", 16)
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise GADError(f"judge.concurrency must be an integer >= 1, got {concurrency!r}")
-        retries = get("parse_retries", 2)
-        if not isinstance(retries, int) or retries < 0:
-            raise GADError(f"judge.parse_retries must be an integer >= 0, got {retries!r}")
-        reference = get("reference") or {}
-        verdict = get("verdict") or {}
-        return cls(
-            model=str(get("model")), concurrency=concurrency, temperature=get("temperature", 0.0),
-            max_tokens_field=field_name, reference_max_tokens=reference.get("max_tokens", 2048),
-            reference_system_prompt=system_prompt_sent(reference.get("system_prompt")), verdict_max_tokens=verdict.get("max_tokens", 512),
-            both_orders=bool(get("both_orders", True)), parse_retries=retries,
-            retry_rejected=bool(get("retry_rejected", False)), abort_after_failures=int(get("abort_after_failures", 50)),
-            extra_body=dict(get("extra_body") or {}), price_in_per_mtok=get("price_in_per_mtok"),
-            price_out_per_mtok=get("price_out_per_mtok"),
-        )
+    max_tokens: Optional[int]
+    system_prompt: Optional[str]
+
+
+@dataclass
+class VerdictConfig:
+    """`judge.verdict`: one pairwise rating (conf/judge/gpt4o.yaml)."""
+
+    max_tokens: Optional[int]
+
+
+@dataclass
+class JudgeConfig(ClientSettings):
+    """A judge endpoint (the `ClientSettings` keys) and its protocol: conf/judge/{gpt4o,local}.yaml, where
+    every key is documented. Derived: `reference_system_prompt` (the text the reference policy sends)."""
+
+    model: str
+    concurrency: int
+    temperature: Optional[float]
+    max_tokens_field: str
+    extra_body: dict[str, Any]
+    reference: ReferenceConfig
+    verdict: VerdictConfig
+    both_orders: bool
+    parse_retries: int
+    retry_rejected: bool
+    abort_after_failures: int
+    price_in_per_mtok: Optional[float]
+    price_out_per_mtok: Optional[float]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.model.strip()), "model", self.model, "must name the judge model (e.g. gpt-4o)")
+        require(self.max_tokens_field in ("max_tokens", "max_completion_tokens"), "max_tokens_field",
+                self.max_tokens_field, "must be max_tokens or max_completion_tokens")
+        require(self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")
+        require(self.parse_retries >= 0, "parse_retries", self.parse_retries, "must be >= 0")
+        require(self.abort_after_failures >= 0, "abort_after_failures", self.abort_after_failures, "must be >= 0")
+        t = self.temperature
+        require(t is None or (finite(t) and 0 <= t <= 2), "temperature", t, "must be >= 0 and <= 2")
+        for name, value in (("reference.max_tokens", self.reference.max_tokens),
+                            ("verdict.max_tokens", self.verdict.max_tokens)):
+            require(value is None or value >= 1, name, value, "must be >= 1")
+        for name in ("price_in_per_mtok", "price_out_per_mtok"):
+            price = getattr(self, name)
+            require(price is None or (finite(price) and price >= 0), name, price, "must be >= 0")
+        self.reference_system_prompt = system_prompt_sent(self.reference.system_prompt)
+
+    @property
+    def reference_max_tokens(self) -> int | None:
+        return self.reference.max_tokens
+
+    @property
+    def verdict_max_tokens(self) -> int | None:
+        return self.verdict.max_tokens
 
     def params(self, max_tokens: int | None) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, self.max_tokens_field: max_tokens}
@@ -203,11 +221,11 @@ class Judge:
     """Runs references and verdicts through the shared API layer, with the journals as cache."""
 
     def __init__(self, cfg: Mapping[str, Any], cache_dir: str | Path, *, progress: bool = True, console=None):
-        from gad.api import ClientSettings, api_key_from_env, protect_logs
+        from gad.api import api_key_from_env, protect_logs
 
-        self.cfg = JudgeConfig.from_config(cfg)
-        self.settings = ClientSettings.from_config(cfg, prefix="judge")
-        self.key = api_key_from_env(self.settings)  # read now, so a missing key fails before any model loads
+        self.cfg = typed(JudgeConfig, cfg, "judge")
+        self.settings = self.cfg  # the connection side
+        self.key = api_key_from_env(self.settings, "judge")  # read now, so a missing key fails before any model loads
         protect_logs([self.key])
         self.dir = Path(cache_dir) / "judge"
         self.progress = progress

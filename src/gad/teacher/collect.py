@@ -40,8 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from gad.api.client import chat_completion, make_client
 from gad.api.errors import FATAL, PERMANENT, classify_error
 from gad.api.journal import Journal
-from gad.api.runner import FAILED, OK, REJECTED, FatalRunError, Outcome, RunStats, pending_items, run_journaled
 from gad.api.redaction import protect_logs, redact
+from gad.api.runner import FAILED, OK, REJECTED, FatalRunError, Outcome, RunStats, pending_items, run_journaled
 from gad.api.settings import ClientSettings, api_key_from_env
 from gad.api.summary import estimate_cost, summary_table
 from gad.chat import NONE, TEMPLATE_DEFAULT, system_prompt_sent, with_system_prompt
@@ -162,7 +162,8 @@ def sidecar_path(output: Path, failures: str | None) -> Path:
 
 def _dump_suffix(failures: str) -> bool:
     path = Path(failures)
-    return path.suffix in (".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz") and not path.name.endswith(".failures.jsonl")
+    dump = path.suffix in (".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz")
+    return dump and not path.name.endswith(".failures.jsonl")
 
 
 def adopt_legacy_sidecar(output: Path, sidecar: Path) -> Path | None:
@@ -200,8 +201,8 @@ class CollectPlan:
         require(prompts.exists() or _looks_like_hub_id(self.prompts), "prompts", self.prompts, "no such file or folder")
         self.output_path = Path(self.output)
         require(self.output_path.suffix == ".jsonl", "output", self.output, "must be a .jsonl file")
-        require(not (prompts.exists() and self.output_path.exists() and self.output_path.resolve() == prompts.resolve()),
-                "output", self.output, "must differ from prompts")
+        same = prompts.exists() and self.output_path.exists() and self.output_path.resolve() == prompts.resolve()
+        require(not same, "output", self.output, "must differ from prompts")
         require(not (self.failures and _dump_suffix(self.failures)), "failures", self.failures,
                 "a dump suffix, so a data folder holding it would train on the refusals it lists; "
                 "use a name ending in .failures")
@@ -229,7 +230,8 @@ def plan_from_config(cfg: Any) -> CollectPlan:
 
 
 def _with_policy(plan: CollectPlan) -> CollectPlan:
-    """`plan` whose teacher sends the system prompt that `system_prompt` (gad.chat; training's data.system_prompt) sends."""
+    """`plan` whose teacher sends the system prompt that `system_prompt` sends (gad.chat; training's
+    data.system_prompt)."""
     policy = plan.system_prompt or NONE
     if policy == NONE:
         return plan  # (teacher.system_prompt, if set, is the explicit text)
