@@ -206,7 +206,7 @@ def test_rejected_key_stops_the_run_and_never_shows_the_key(tmp_path, capsys):
         (["teacher.base_url=ftp://example.org"], "teacher.base_url=ftp://example.org is invalid: must be an http(s) URL"),
         (["prompts=/no/such/prompts.jsonl"], "prompts=/no/such/prompts.jsonl is invalid: no such file or folder"),
         (["output=out.txt"], "output=out.txt is invalid: must be a .jsonl file"),
-        (["teacher.api_key_env=sk-live-abcdef0123456789"], "teacher.api_key_env must be the NAME of an environment variable"),
+        (["teacher.api_key_env=sk-live-abcdef0123456789"], "teacher.api_key_env: must be the NAME of an environment variable"),
         (["teacher.api_key_env=GAD_TEST_UNSET_KEY"], "environment variable GAD_TEST_UNSET_KEY is not set"),
     ],
 )

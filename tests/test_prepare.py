@@ -160,7 +160,7 @@ def test_local_prompts_with_a_text_column_get_stable_ids(tmp_path):
     [
         (["source.kind=reddit"], "source.kind=reddit is invalid: must be one of"),
         (["source.kind=local", "source.path=/no/such/file.jsonl"], "source.path=/no/such/file.jsonl is invalid: no such file or folder"),
-        (["filters.max_prompt_tokens=100"], "filters.tokenizer=None is invalid: must name a tokenizer"),
+        (["filters.max_prompt_tokens=100"], "filters.tokenizer: must name a tokenizer"),
         (["filters.turns=last"], "filters.turns=last is invalid: must be first or all"),
         (["sample.test_size=-1"], "sample.test_size=-1 is invalid: must be >= 0"),
     ],

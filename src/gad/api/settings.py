@@ -45,9 +45,9 @@ class ClientSettings:
                 "must be an http(s) URL such as http://127.0.0.1:8000/v1")
         self.base_url = base_url or None
         env = self.api_key_env
-        # never echo the value: it may be the key itself
-        require(not KEYLIKE.search(env) and (not env or bool(ENV_NAME.match(env))), "api_key_env", env,
-                "must be the NAME of an environment variable (like OPENAI_API_KEY), not a key", show=False)
+        # never echo the value (None: the message leaves it out): it may be the key itself
+        require(not KEYLIKE.search(env) and (not env or bool(ENV_NAME.match(env))), "api_key_env", None,
+                "must be the NAME of an environment variable (like OPENAI_API_KEY), not a key")
         require(bool(env), "api_key_env", env, "must name an environment variable")
         for name in ("timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
