@@ -24,7 +24,7 @@ from gad.errors import exit_on_interrupt, exit_on_user_error, run_cli  # noqa: E
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from gad.evaluation.evaluate import evaluate  # heavy imports after composition keeps --help and --cfg fast
+    from gad.evaluation.run import evaluate  # heavy imports after composition keeps --help and --cfg fast
     from gad.console import setup as setup_console  # third-party bars and info logs off unless verbose=true
 
     # Generations, perplexities and judge replies reach their journals as they come: Ctrl-C keeps them.
