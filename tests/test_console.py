@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import transformers
-from conftest import FAST, run_entry
+from conftest import fast_overrides, run_entry
 from rich.console import Console
 
 import gad.console
@@ -18,10 +18,9 @@ from gad.callbacks.progress import phase_label, plan, plan_line
 from gad.callbacks.summary import RunSummary
 from gad.methods.gad import GADModule
 
-# FAST without its switches that turn the progress bar and the model summary off: the default run's
-# console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
-QUIET_FAST = [o for o in FAST if not o.startswith(("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy",
-                                                   "callbacks.summary.figures"))]
+# conf/debug/fast.yaml without its switches that turn the progress bar and the model summary off: the
+# default run's console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
+QUIET_FAST = fast_overrides("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy", "callbacks.summary.figures")
 QUIET_FAST += ["callbacks.toy_accuracy.limit=4", "callbacks.rollout_samples.every_n_steps=2"]
 
 NOISE = [
