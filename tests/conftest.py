@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,14 +21,26 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A few steps of every phase on the toy world: 3 warm-up (1 of them D only), 3 adversarial.
-FAST = [
-    "method.warmup_steps=3", "method.d_only_steps=1", "method.adversarial_steps=3", "method.num_samples=2",
-    "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8", "trainer.val_check_interval=1000",
-    "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "callbacks.summary.figures=false",  # drawing them costs seconds per run; tests/test_console.py checks them
-]
+# A few steps of every phase on the toy world: 3 warm-up (1 of them D only), 3 adversarial
+# (conf/debug/fast.yaml). With another debug config too: `debug=[fast,ranks]` (a second `debug=` replaces the first).
+FAST = ["debug=fast"]
+
+
+def fast_overrides(*without: str) -> list[str]:
+    """conf/debug/fast.yaml as command-line overrides, less those whose key starts with one of `without`.
+
+    For runs that keep only part of it: another method (whose config has none of its `method.` keys),
+    or the default console (a callback it sets to null cannot be brought back by a later override).
+    """
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+
+    fast = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "debug" / "fast.yaml"))
+    return [f"{key}={value}" for key, value in flat(fast) if not key.startswith(without)]
 
 
 def run_entry(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

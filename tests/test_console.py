@@ -10,18 +10,18 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import transformers
-from conftest import FAST, run_entry
+from conftest import fast_overrides, run_entry
 from rich.console import Console
 
 import gad.console
 from gad.callbacks.progress import phase_label, plan, plan_line
 from gad.callbacks.summary import RunSummary
 from gad.methods.gad import GADModule
+from gad.step_record import Phase, StepRecord
 
-# FAST without its switches that turn the progress bar and the model summary off: the default run's
-# console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
-QUIET_FAST = [o for o in FAST if not o.startswith(("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy",
-                                                   "callbacks.summary.figures"))]
+# conf/debug/fast.yaml without its switches that turn the progress bar and the model summary off: the
+# default run's console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
+QUIET_FAST = fast_overrides("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy", "callbacks.summary.figures")
 QUIET_FAST += ["callbacks.toy_accuracy.limit=4", "callbacks.rollout_samples.every_n_steps=2"]
 
 NOISE = [
@@ -132,9 +132,10 @@ def test_summary_calls_no_warmup_score_a_reward(tmp_path, monkeypatch):
     monkeypatch.setattr(gad.console, "_console", Console(file=out, width=200))
     summary = RunSummary(str(tmp_path), figures=False)
     trainer = SimpleNamespace(is_global_zero=True)
-    for phase, reward in ((0.0, -0.596), (1.0, -1.657)):
-        outputs = {"train/phase": phase, "train/d_acc": 0.5, "train/reward_mean": reward, "train/score_gap": 0.1}
-        summary.on_train_batch_end(trainer, None, outputs, None, 0)
+    for step, (phase, reward) in enumerate(((Phase.WARMUP, -0.596), (Phase.ADVERSARIAL, -1.657)), start=1):
+        outputs = {"train/phase": phase.code, "train/d_acc": 0.5, "train/reward_mean": reward, "train/score_gap": 0.1}
+        module = SimpleNamespace(last_step=StepRecord(step, phase, outputs, batch={}))
+        summary.on_train_batch_end(trainer, module, outputs, None, 0)
     summary.on_fit_end(trainer, None)
     rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.startswith("│")}
     assert "-0.596" not in rows["warmup"] and "-1.657" in rows["adversarial"]

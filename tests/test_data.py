@@ -128,6 +128,14 @@ def test_collate_pads_prompts_left_and_responses_right(tmp_path):
     assert batch["response_mask"][0, 0] == 1 and batch["response_mask"][0, -1] == 0
 
 
+def test_the_train_loader_starts_where_it_is_told(tmp_path):
+    dm = datamodule(write(tmp_path / "d.jsonl", *(rec(i) for i in range(9))), val_size=1)
+    stream = iter(dm.train_dataloader())
+    ids = [next(stream)["ids"] for _ in range(5)]
+    dm.start_at(3)  # a run resumed after 3 steps
+    assert [next(iter(dm.train_dataloader()))["ids"]] == ids[3:4]
+
+
 def test_step_sampler_shards_ranks_and_resumes_exactly():
     full = StepBatchSampler(10, 3, seed=7)
     it = iter(full)

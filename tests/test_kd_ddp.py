@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import FAST, ROOT
+from conftest import ROOT, fast_overrides
 
 BUILD_RACE = textwrap.dedent('''
     import sys, time
@@ -78,7 +78,7 @@ def test_an_unfinished_teacher_folder_is_rebuilt_not_trusted(tmp_path):
 
 # ------------------------------------------------------------ KD's gradients under DDP
 
-KD = [o for o in FAST if not o.startswith("method.")] + [
+KD = fast_overrides("method.") + [
     "method=kd", "method.steps=3", "method.alpha_warmup_steps=0", "method.micro_batch_size=2",
     "method.teacher.build.steps=2", "callbacks.rollout_samples=null", "trainer=ddp_cpu", "debug=ranks",
 ]

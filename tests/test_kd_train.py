@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from completions_server import CompletionsServer
+from conftest import fast_overrides
 from gad.errors import GADError
 from gad.models import load_student, load_tokenizer
 from gad.teachers import build_teacher
@@ -23,11 +24,9 @@ from gad.teachers import build_teacher
 ROOT = Path(__file__).resolve().parents[1]
 TOP_K = 5
 STEPS = 3
-FAST = [
+KD = [
     "method=kd", f"method.steps={STEPS}", "method.alpha=0.5", "method.alpha_warmup_steps=0", "method.on_policy=true",
-    "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8", "trainer.val_check_interval=1000",
-    "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "callbacks.rollout_samples=null",
-    "callbacks.summary.figures=false",
+    "callbacks.rollout_samples=null", *fast_overrides("method."),  # conf/debug/fast.yaml but its GAD keys
 ]
 
 
@@ -57,7 +56,7 @@ def foreign_dir(tmp_path_factory) -> Path:
 def start(log_dir: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = [sys.executable, str(ROOT / "src" / "train.py"), f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache",
-            *FAST, *overrides]
+            *KD, *overrides]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

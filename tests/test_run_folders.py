@@ -17,8 +17,7 @@ from conftest import FAST, ROOT, assert_one_line_error
 from gad.errors import GADError
 from gad.run_folder import OWNER_FILE, claim, release
 
-QUICK = [o for o in FAST if not o.startswith(("method.warmup_steps", "method.adversarial_steps"))]
-QUICK += ["method.warmup_steps=2", "method.adversarial_steps=1"]
+QUICK = [*FAST, "method.warmup_steps=2", "method.adversarial_steps=1"]
 
 
 def start_train(*args: str) -> subprocess.Popen:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import AtomicCheckpointIO
 from gad.config.validate import validate
+from gad.data.datamodule import DistillDataModule
 from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
 from gad.trust import check_checkpoint, check_sharded_checkpoint
@@ -57,6 +58,22 @@ class StopAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if pl_module.completed_steps >= self.max_steps:
             trainer.should_stop = True  # before StepCheckpoint runs, so it writes last.ckpt
+
+
+class ResumeData(L.Callback):
+    """Hands a resumed run's start to the data module (`DistillDataModule.start_at`): its train loader
+    then continues with the batch an uninterrupted run would have seen at that step.
+
+    The step is the method's counter, restored from the checkpoint: Lightning restores the module
+    (`DistillModule.on_load_checkpoint`) before it calls the callbacks' `on_load_checkpoint`, and
+    builds the train loader after both. A run that does not resume starts at step 0.
+    """
+
+    def __init__(self, datamodule: DistillDataModule):
+        self.datamodule = datamodule
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.datamodule.start_at(pl_module.completed_steps)
 
 
 @contextlib.contextmanager
@@ -100,6 +117,7 @@ def train(cfg: DictConfig) -> float | None:
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks.insert(0, ResumeData(datamodule))
     max_steps = cfg.trainer.get("max_steps") or -1
     if max_steps > 0:
         callbacks.insert(0, StopAtStep(max_steps))

@@ -25,10 +25,11 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from gad.errors import GADError, exit_on_user_error  # noqa: E402
+from gad.step_record import Phase  # noqa: E402
 
 SPLITS = ("in_dist", "out_of_dist")
 ARM_ORDER = ["gad", "seqkd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
-ADVERSARIAL = 1.0  # the train/phase code of the adversarial phase (gad.methods.gad.PHASES)
+ADVERSARIAL = Phase.ADVERSARIAL.code  # the logged train/phase of the adversarial phase
 
 
 def load_jobs(sweep_dir: Path) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from gad.errors import GADError
 from gad.runs import latest_run, run_config
+from gad.step_record import Phase
 
 RUN_DIR_ENV = "GAD_RUN_DIR"
 WARMUP, ADVERSARIAL = "warm-up", "adversarial"
@@ -96,7 +97,7 @@ def warmup_end(metrics: pd.DataFrame) -> int | None:
     """
     if "phase" not in metrics.columns:
         return None
-    adversarial = metrics.index[metrics["phase"].fillna(0) >= 1]
+    adversarial = metrics.index[metrics["phase"].fillna(0) >= Phase.ADVERSARIAL.code]
     return int(adversarial.min()) - 1 if len(adversarial) else None
 
 

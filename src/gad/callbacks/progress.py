@@ -28,6 +28,8 @@ from rich.text import Text
 from torchmetrics import Metric
 
 from gad.console import console
+from gad.methods.base import DistillModule
+from gad.step_record import Phase
 
 # metric -> label, in display order; each is shown once the phase has logged it (the mean of its recent steps)
 WATCHED = {
@@ -58,9 +60,9 @@ def phase_label(module: L.LightningModule, step: int | None = None) -> str:
         return "training"
     with _at_step(module, module.completed_steps if step is None else step):
         phase, train_d, train_g = schedule()
-    if phase >= 1:
+    if phase is Phase.ADVERSARIAL:
         return "adversarial"
-    if phase > 0:
+    if phase is Phase.D_ON_FROZEN_G:
         return "D on frozen G"
     return {(True, False): "warm-up, D only", (False, True): "warm-up, G only"}.get((train_d, train_g), "warm-up")
 
@@ -141,17 +143,15 @@ class PlanProgressBar(ProgressBar):
             self._task = self._progress.add_task(self._phase, total=pl_module.total_steps, completed=pl_module.completed_steps)
             self._progress.start()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if not self.is_enabled or not outputs:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+        record = pl_module.last_step
+        if not self.is_enabled or record is None:
             return
-        step, total = pl_module.completed_steps, pl_module.total_steps
+        step, total = record.step, pl_module.total_steps
         ran = self._phase  # the phase this step trained
-        for key in WATCHED:
-            if key in outputs:
-                self._recent[key].append(float(outputs[key]))
-        for key in ("train/response_len", "train/teacher_len"):
-            if key in outputs:
-                self._recent[key].append(float(outputs[key]))
+        for key in (*WATCHED, "train/response_len", "train/teacher_len"):
+            if key in record.metrics:
+                self._recent[key].append(record.metrics[key])
         numbers = self.numbers(trainer, ran)
         self._phase = phase_label(pl_module)
         if self._progress is not None:

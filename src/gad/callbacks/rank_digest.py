@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 
 from gad.distributed import full_tensor
+from gad.methods.base import DistillModule
 
 
 def tensor_digest(tensors) -> str:
@@ -27,10 +28,10 @@ class RankDigest(L.Callback):
         self.dir = Path(dirpath) / "ranks"
         self.rollouts: list[str] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        last = getattr(pl_module, "last_rollout", None)
-        if last is not None:
-            self.rollouts.append(tensor_digest([last[1].response_ids]))
+    def on_train_batch_end(self, trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+        record = pl_module.last_step
+        if record is not None and record.rollout is not None:
+            self.rollouts.append(tensor_digest([record.rollout.response_ids]))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Under FSDP each rank holds shards: digest the whole (gathered) parameters.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from gad.methods.gad import phase_name
+from gad.methods.base import DistillModule
 from gad.trackers import log_rollouts
 
 
@@ -24,12 +24,11 @@ class RolloutSamples(L.Callback):
         self.path = Path(dirpath) / "rollouts.jsonl"
         self.every_n_steps, self.max_prompts = every_n_steps, max_prompts
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        step = pl_module.completed_steps
-        last = getattr(pl_module, "last_rollout", None)
-        if last is None or not trainer.is_global_zero or step % self.every_n_steps:
-            return
-        batch, rollout, scores = last
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+        record = pl_module.last_step
+        if record is None or record.scores is None or not trainer.is_global_zero or record.step % self.every_n_steps:
+            return  # only GAD's steps have D scores of samples
+        step, batch, rollout, scores = record.step, record.batch, record.rollout, record.scores
         decode = pl_module.tokenizer.decode
         n = rollout.num_samples
         records = []
@@ -42,7 +41,7 @@ class RolloutSamples(L.Callback):
                 samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
                                 "length": len(tokens)})
             records.append({
-                "step": step, "phase": phase_name(outputs.get("train/phase", 0.0)),
+                "step": step, "phase": record.phase.label,
                 "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
                 "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
                 "teacher_length": len(teacher), "samples": samples,

@@ -11,7 +11,8 @@ import lightning as L
 from rich.table import Table
 
 from gad.console import console
-from gad.methods.gad import phase_name
+from gad.methods.base import DistillModule
+from gad.step_record import Phase
 
 COLUMNS = {  # metric -> column title (short: the table must fit an 80-column terminal)
     "train/d_acc": "D acc",
@@ -24,13 +25,14 @@ COLUMNS = {  # metric -> column title (short: the table must fit an 80-column te
 }
 
 
-REWARDED_PHASES = {"adversarial"}  # phases whose policy step takes D's scores of the samples as rewards
+REWARDED_PHASES = {Phase.ADVERSARIAL}  # phases whose policy step takes D's scores of the samples as rewards
+UNPHASED = "training"  # the row of methods without phases (SeqKD, KD)
 
 
 class RunSummary(L.Callback):
     """Per phase, the mean of each watched metric over the phase's last `window` steps.
 
-    Other callbacks add before/after results with `add_result` (e.g. held-out toy accuracy).
+    Other callbacks add before/after results with `add_result` (e.g. `ToyAccuracy`: held-out toy accuracy).
     With `figures`, the run's figures (`gad.analysis.plots.save_run_figures`) go to
     `<dirpath>/figures/`, drawn from the steps seen here and `<dirpath>/rollouts.jsonl`.
     """
@@ -39,21 +41,20 @@ class RunSummary(L.Callback):
         self.dirpath = Path(dirpath)
         self.path = self.dirpath / "summary.json"
         self.window, self.figures = window, figures
-        self.history: dict[str, list[dict[str, float]]] = defaultdict(list)
+        self.history: dict[Phase | None, list[dict[str, float]]] = defaultdict(list)  # None: methods without phases
         self.steps: list[dict[str, float]] = []  # every step's logged metrics, for the figures
         self.results: dict[str, dict[str, float]] = {}
 
     def add_result(self, name: str, **values: float) -> None:
         self.results.setdefault(name, {}).update(values)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if outputs:
-            # Methods without phases (SeqKD, KD) log no train/phase.
-            phase = phase_name(outputs["train/phase"]) if "train/phase" in outputs else "training"
-            self.history[phase].append({k: v for k, v in outputs.items() if k in COLUMNS})
-            self.steps.append({k: float(v) for k, v in outputs.items()})
+    def on_train_batch_end(self, trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+        record = pl_module.last_step
+        if record is not None:
+            self.history[record.phase].append({k: v for k, v in record.metrics.items() if k in COLUMNS})
+            self.steps.append(dict(record.metrics))
 
-    def phase_means(self) -> dict[str, dict[str, float]]:
+    def phase_means(self) -> dict[Phase | None, dict[str, float]]:
         table = {}
         for phase, rows in self.history.items():
             recent = rows[-self.window :]
@@ -66,8 +67,10 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         phases = self.phase_means()
+        labels = {phase: phase.label if phase is not None else UNPHASED for phase in phases}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"phases": phases, "results": self.results}, indent=2))
+        summary = {"phases": {labels[phase]: means for phase, means in phases.items()}, "results": self.results}
+        self.path.write_text(json.dumps(summary, indent=2))
         out = console()
         table = Table(title=f"run summary: mean of each phase's last {self.window} steps",
                       caption="D gap: mean D score, teacher minus student; reward: D score of the student's samples, "
@@ -79,7 +82,7 @@ class RunSummary(L.Callback):
         for phase, means in phases.items():
             shown = {k: v for k, v in means.items() if k != "train/reward_mean" or phase in REWARDED_PHASES}
             cells = [f"{shown[k]:.3f}" if k in shown else "-" for k in COLUMNS]
-            table.add_row(phase, str(means["steps"]), *cells)
+            table.add_row(labels[phase], str(means["steps"]), *cells)
         out.print(table)
         if self.results:
             results = Table(title="held-out results")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 
+from gad.callbacks.summary import RunSummary
 from gad.chat import with_system_prompt
 from gad.data.records import read_records
 from gad.distributed import gathered, is_sharded
@@ -56,7 +57,7 @@ class ToyAccuracy(L.Callback):
         if not self.measures_here(trainer, pl_module):
             return
         after = self.measure(pl_module)
-        summary = next((cb for cb in trainer.callbacks if hasattr(cb, "add_result")), None)
+        summary = next((cb for cb in trainer.callbacks if isinstance(cb, RunSummary)), None)
         if summary is None or not trainer.is_global_zero:
             return
         for name, value in after.items():

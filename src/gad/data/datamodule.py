@@ -2,8 +2,8 @@
 
 Training is counted in steps, not epochs: the train loader is an endless stream of
 batches indexed by step, so a run resumed at step k continues with exactly the batch an
-uninterrupted run would have seen (the start is the module's completed-step counter,
-restored from the checkpoint before the loader is built).
+uninterrupted run would have seen. Where the stream starts is handed in with `start_at`
+(by `gad.train.ResumeData`, from the method's step counter restored from the checkpoint).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def validation_split(records: list[dict], val_size: int, seed: int) -> tuple[lis
 
 
 class DistillDataModule(L.LightningDataModule):
+    start_step = 0  # the method step whose batch the train loader yields first (start_at)
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -215,6 +217,11 @@ class DistillDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ loaders
 
+    def start_at(self, step: int) -> None:
+        """Make the train loader start with the batch of method step `step` + 1 (`step` steps already
+        done: 0 for a new run). Call it before the loader is built; it holds until changed."""
+        self.start_step = step
+
     def collate(self, rows: list[dict]) -> dict[str, Any]:
         pad = self.tokenizer.pad_token_id
         p_len = max(len(r["prompt_ids"]) for r in rows)
@@ -233,9 +240,8 @@ class DistillDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() first"
         trainer = self.trainer
-        start = getattr(trainer.lightning_module, "completed_steps", 0) if trainer is not None else 0
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, start, rank, world)
+        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, self.start_step, rank, world)
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""The body of `python src/eval.py`: generate (cached), score without and with a judge, report.
+"""Evaluation proper: generate (cached), score without and with a judge; `gad.evaluation.run` reports.
 
     evaluation = score(models, sets, cfg)      # per (model, set): per-prompt rows + summary row
     write_outputs(evaluation, out_dir, cfg)    # <set>/<model>.jsonl, summary.csv/json, table, plot
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -225,27 +224,3 @@ def summarize(rows: list[dict[str, Any]], low: float, high: float, judged: bool)
     x = [lc.log_ratio(r["tokens"], r["reference_tokens"]) for r in scored]
     out["judge_lc_regression"], out["judge_lc_slope"] = lc.regression([r["judge_prompt_score"] for r in scored], x)
     return out
-
-
-# ---------------------------------------------------------------------------------------- entry
-def evaluate(cfg: DictConfig) -> int:
-    """Run what the config asks for; returns the exit status (0, or 3 when judge requests are missing)."""
-    from rich.console import Console
-
-    from gad.evaluation.report import write_outputs
-
-    console = Console(stderr=True)
-    out_dir = Path(cfg.paths.output_dir)
-    if cfg.select.get("run"):
-        from gad.evaluation.select import select_checkpoint
-
-        return select_checkpoint(cfg, out_dir, console)
-    models = resolve_models(cfg)
-    sets = load_sets(cfg)
-    evaluation = score(models, sets, cfg, console)
-    write_outputs(evaluation, out_dir, cfg)
-    if evaluation.incomplete:
-        console.print(f"[yellow]{evaluation.incomplete} prompts have no complete judge verdict (requests failed); "
-                      "re-run the same command to finish them[/yellow]")
-        return EXIT_INCOMPLETE
-    return 0

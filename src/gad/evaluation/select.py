@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gad.errors import GADError
+from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
 from gad.evaluation.models import CKPT, ModelSpec, fingerprint
 from gad.evaluation.sets import PromptSet, load_set
 
@@ -79,7 +80,6 @@ def _nan(value: Any) -> bool:
 
 
 def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
-    from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
     from gad.evaluation.report import write_outputs
     from gad.runs import checkpoints, latest_run
 

@@ -27,6 +27,7 @@ from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
 from gad.rollout import Rollout, sample
+from gad.step_record import Phase, Scores, StepRecord
 
 
 def micro_batches(n: int, size: int) -> Iterator[slice]:
@@ -43,10 +44,12 @@ def packed_micro_batches(lengths: torch.Tensor, max_tokens: int, group: int = 1)
 
 
 class DistillModule(L.LightningModule):
-    """Base class: subclasses register their networks in `self.networks` and write `training_step`."""
+    """Base class: subclasses register their networks in `self.networks` and write `training_step`,
+    which ends in `end_step`."""
 
     share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
     rollout_segment_tokens: int | None = None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
+    last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
 
     def __init__(
         self,
@@ -95,14 +98,19 @@ class DistillModule(L.LightningModule):
     def total_steps(self) -> int:
         raise NotImplementedError
 
-    def end_step(self, metrics: dict[str, Any]) -> dict[str, float]:
-        """Count the step, log its metrics, and stop the trainer after the last step."""
+    def end_step(
+        self, metrics: dict[str, Any], batch: dict[str, Any], phase: Phase | None = None,
+        rollout: Rollout | None = None, scores: Scores | None = None,
+    ) -> dict[str, float]:
+        """Count the step, log its metrics, leave its `StepRecord` in `self.last_step` for the callbacks,
+        and stop the trainer after the last step. Returns the logged metrics (Lightning's `outputs`)."""
         self.completed_steps += 1
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["train/step"] = float(self.completed_steps)
         if self.profile:
             metrics.update({f"time/{k}": v for k, v in self.timings.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
+        self.last_step = StepRecord(self.completed_steps, phase, metrics, batch, rollout, scores)
         if self.completed_steps >= self.total_steps:
             self.trainer.should_stop = True
         return metrics

@@ -7,13 +7,12 @@ One training step, in order:
   4. G step        warm-up: cross-entropy on the teacher responses (SeqKD)
                    adversarial: PPO-clipped policy gradient with group-normalised advantages,
                    k3 KL to the reference (the student at the end of warm-up), + alpha x CE
-  5. log
+  5. log          the metrics, and the step's StepRecord for the callbacks (end_step)
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,22 +25,7 @@ from gad.discriminator import Discriminator
 from gad.models import apply_lora, frozen_copy
 from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
-
-
-PHASES = {0.0: "warmup", 0.5: "d_on_frozen_g", 1.0: "adversarial"}
-
-
-def phase_name(code: float) -> str:
-    """The name of a logged `train/phase` code."""
-    return PHASES[min(PHASES, key=lambda c: abs(c - code))]
-
-
-@dataclass
-class Scores:
-    """Discriminator outputs before its update: teacher [B], student [B, N]."""
-
-    teacher: torch.Tensor
-    student: torch.Tensor
+from gad.step_record import Phase, Scores
 
 
 def teacher_then_samples(
@@ -140,44 +124,42 @@ class GADModule(DistillModule):
         # loads into the reference as is and gives the warmed-up policy.
         self.reference = frozen_copy(self.generator) if kl_coef > 0 else None
         self.reference_ready = False
-        self.last_rollout: tuple[dict[str, Any], Rollout, Scores] | None = None
 
     @property
     def total_steps(self) -> int:
         return self.warmup_steps + self.off_policy_d_steps + self.adversarial_steps
 
-    def schedule(self) -> tuple[float, bool, bool]:
+    def schedule(self) -> tuple[Phase, bool, bool]:
         """(phase, train D?, train G?) for the current step.
 
-        phase 0 = warm-up, 1 = adversarial; 0.5 = the off-policy ablation's stretch where D
+        Warm-up, then adversarial; with the off-policy ablation, between them a stretch where D
         trains alone on the frozen warmed-up student (after which D is frozen and G trains).
         """
         step = self.completed_steps
         if step < self.warmup_steps:
-            return 0.0, self.discriminator_warmup, self.generator_warmup and step >= self.d_only_steps
+            return Phase.WARMUP, self.discriminator_warmup, self.generator_warmup and step >= self.d_only_steps
         if step < self.warmup_steps + self.off_policy_d_steps:
-            return 0.5, True, False
-        return 1.0, not self.off_policy, True
+            return Phase.D_ON_FROZEN_G, True, False
+        return Phase.ADVERSARIAL, not self.off_policy, True
 
     # ------------------------------------------------------------ the step
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
         phase, train_d, train_g = self.schedule()
-        if phase > 0:
+        if phase is not Phase.WARMUP:
             self.start_adversarial_phase()
 
         rollout = self.rollout(batch)
         scores, d_metrics = self.discriminator_step(batch, rollout, update=train_d)
         if not train_g:
             g_metrics = {}
-        elif phase == 1:
+        elif phase is Phase.ADVERSARIAL:
             g_metrics = self.policy_step(batch, rollout, rewards=scores.student)
         else:
             g_metrics = self.sft_step(batch)
 
-        self.last_rollout = (batch, rollout, scores)
-        metrics = {"train/phase": phase, **self.rollout_metrics(batch, rollout, scores), **d_metrics, **g_metrics}
-        return self.end_step(metrics)
+        metrics = {"train/phase": phase.code, **self.rollout_metrics(batch, rollout, scores), **d_metrics, **g_metrics}
+        return self.end_step(metrics, batch, phase, rollout, scores)
 
     def start_adversarial_phase(self) -> None:
         """Snapshot the warmed-up student as the frozen KL reference (once)."""

@@ -114,7 +114,7 @@ class KDModule(DistillModule):
         with self.timed("g_step"):
             metrics = self.kd_backward(batch, self.current_alpha())
             metrics["train/grad_norm_g"] = self.step_optimizer("generator")
-        return self.end_step(metrics)
+        return self.end_step(metrics, batch)
 
     def kd_backward(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """Backpropagate alpha x CE + (1 - alpha) x T^2 x KL for one batch; returns the step's metrics."""

@@ -26,4 +26,4 @@ class SeqKDModule(DistillModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
         metrics = self.sft_step(batch)
         metrics["train/teacher_len"] = batch["response_mask"].sum(-1).float().mean()
-        return self.end_step(metrics)
+        return self.end_step(metrics, batch)

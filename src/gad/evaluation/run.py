@@ -1,0 +1,34 @@
+"""The body of `python src/eval.py`: evaluate the configured models (`gad.evaluation.evaluate`), or,
+with `select.run`, pick a checkpoint of a training run (`gad.evaluation.select`), and report.
+
+Both build on `gad.evaluation.evaluate.score`; this module is the only one that knows of both, so
+the imports go one way: run -> select -> evaluate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+
+from gad.evaluation.evaluate import EXIT_INCOMPLETE, load_sets, resolve_models, score
+from gad.evaluation.report import write_outputs
+from gad.evaluation.select import select_checkpoint
+
+
+def evaluate(cfg: DictConfig) -> int:
+    """Run what the config asks for; returns the exit status (0, or 3 when judge requests are missing)."""
+    console = Console(stderr=True)
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.select.get("run"):
+        return select_checkpoint(cfg, out_dir, console)
+    models = resolve_models(cfg)
+    sets = load_sets(cfg)
+    evaluation = score(models, sets, cfg, console)
+    write_outputs(evaluation, out_dir, cfg)
+    if evaluation.incomplete:
+        console.print(f"[yellow]{evaluation.incomplete} prompts have no complete judge verdict (requests failed); "
+                      "re-run the same command to finish them[/yellow]")
+        return EXIT_INCOMPLETE
+    return 0
