@@ -73,8 +73,11 @@ def measure(save) -> dict[str, float]:
     start = time.perf_counter()
     save()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_extra_gib": (status_kib("VmHWM") - before) * 1024 / GIB,
-            "rss_before_gib": before * 1024 / GIB}
+    return {
+        "seconds": seconds,
+        "peak_extra_gib": (status_kib("VmHWM") - before) * 1024 / GIB,
+        "rss_before_gib": before * 1024 / GIB,
+    }
 
 
 def written_bytes(folder: Path, seen: set[tuple[int, int]]) -> int:
@@ -96,17 +99,29 @@ def child(way: str, layers: int | None, folder: Path) -> dict:
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
     from transformers import AutoModelForCausalLM
 
-    import gad.train  # noqa: F401  (its warning filters)
+    import gad.fit  # noqa: F401  (its warning filters)
     from gad.callbacks import StepCheckpoint
     from gad.checkpoint_io import AtomicCheckpointIO
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     config, gguf = smollm2_config(layers)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"paths.root_dir={ROOT}", f"paths.output_dir={folder}", "method.warmup_steps=1", "method.d_only_steps=0",
-            "method.adversarial_steps=1", "method.num_samples=2", "method.max_new_tokens=4", "data.batch_size=1",
-            "data.max_response_tokens=4", "data.val_size=2", f"paths.cache_dir={folder}/cache"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={folder}",
+                "method.warmup_steps=1",
+                "method.d_only_steps=0",
+                "method.adversarial_steps=1",
+                "method.num_samples=2",
+                "method.max_new_tokens=4",
+                "data.batch_size=1",
+                "data.max_response_tokens=4",
+                "data.val_size=2",
+                f"paths.cache_dir={folder}/cache",
+            ],
+        )
     L.seed_everything(0, verbose=False)
     tokenizer = instantiate(cfg.model.tokenizer)  # the toy tokenizer: fewer tokens than the embedding
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -124,21 +139,32 @@ def child(way: str, layers: int | None, folder: Path) -> dict:
             assert pl_module.completed_steps == 2 and pl_module.reference_ready
             for step in (2, 3):  # the first save after warm-up, then a steady-state one
                 if way == "old":  # what StepCheckpoint did: two full saves
+
                     def save(step=step):
                         trainer.save_checkpoint(checkpoints / f"step_{step:06d}.ckpt")
                         trainer.save_checkpoint(checkpoints / "last.ckpt")
                 else:
+
                     def save(step=step):
                         step_checkpoint.save_step(trainer, step)
+
                 row = measure(save)
                 row["bytes"] = written_bytes(checkpoints, seen)
                 results["saves"].append(row)
 
     callbacks = [Bench()] + ([step_checkpoint] if way == "new" else [])
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=callbacks, plugins=[TorchCheckpointIO() if way == "old" else AtomicCheckpointIO()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        plugins=[TorchCheckpointIO() if way == "old" else AtomicCheckpointIO()],
     )
     trainer.fit(module, datamodule=datamodule)
     results["files"] = {p.name: p.stat().st_size for p in sorted(checkpoints.iterdir())}
@@ -168,13 +194,17 @@ def main() -> None:
             rows[way] = json.loads(line.removeprefix("RESULT "))
 
     first = rows["old"]
-    print(f"student: {first['gguf']} shapes, {first['layers']} blocks, {first['params']:,} parameters (float32, random)")
+    print(
+        f"student: {first['gguf']} shapes, {first['layers']} blocks, {first['params']:,} parameters (float32, random)"
+    )
     print("GAD module: G + D + KL reference, AdamW moments for G and D; one periodic save = step_<k>.ckpt + last.ckpt")
     print(f"{'way':<5}{'save':<22}{'written GiB':>12}{'seconds':>9}{'peak extra GiB':>16}{'RSS before GiB':>16}")
     for way, result in rows.items():
         for name, row in zip(("first after warm-up", "steady state"), result["saves"]):
-            print(f"{way:<5}{name:<22}{row['bytes'] / GIB:>12.3f}{row['seconds']:>9.2f}"
-                  f"{row['peak_extra_gib']:>16.3f}{row['rss_before_gib']:>16.3f}")
+            print(
+                f"{way:<5}{name:<22}{row['bytes'] / GIB:>12.3f}{row['seconds']:>9.2f}"
+                f"{row['peak_extra_gib']:>16.3f}{row['rss_before_gib']:>16.3f}"
+            )
     for way, result in rows.items():
         files = ", ".join(f"{name} {size / GIB:.3f}" for name, size in result["files"].items())
         print(f"{way} files (GiB): {files}; process peak {result['process_peak_gib']:.3f} GiB")

@@ -3,7 +3,7 @@
     python bench/bench_collect.py --latency 0.05 --concurrency 64 --requests 2000
 
 Starts tests/chat_server.py in its own process (fixed latency L per reply, TCP_NODELAY, keep-alive)
-and runs the collector's real per-prompt work (`gad.teacher.collect.make_work`: request, parse,
+and runs the collector's real per-prompt work (`gad.teacher_data.collect.make_work`: request, parse,
 refusal check, canonical record) through `gad.api.run_journaled` with durable journals in a
 temporary folder, at concurrency C. With no client overhead the rate would be C/L requests per
 second; the script prints the achieved rate, that ideal and their ratio, and the client's CPU
@@ -32,41 +32,80 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight C")
     parser.add_argument("--requests", type=int, default=2000, help="number of prompts (>= 1000 for the target)")
     parser.add_argument("--http-backend", default="aiohttp", choices=["aiohttp", "httpx"])
-    parser.add_argument("--warmup", type=int, default=200, help="requests sent first and not timed (connections, imports)")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="requests sent first and not timed (connections, imports)"
+    )
     args = parser.parse_args(argv)
 
     from gad.api import ClientSettings, Journal, make_client, run_journaled
-    from gad.teacher.collect import CollectPlan, RefusalDetector, TeacherSpec, make_work
+    from gad.teacher_data.collect import CollectPlan, RefusalDetector, TeacherSpec, make_work
 
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "chat_server.py"), "--latency", str(args.latency)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         base_url = server.stdout.readline().strip()
-        settings = ClientSettings(base_url=base_url, require_api_key=False, max_retries=2, http_backend=args.http_backend)
-        spec = TeacherSpec(model="bench", concurrency=args.concurrency, params={"temperature": 0.7, "max_tokens": 512},
-                           system_prompt=None, price_in_per_mtok=None, price_out_per_mtok=None)
+        settings = ClientSettings(
+            base_url=base_url, require_api_key=False, max_retries=2, http_backend=args.http_backend
+        )
+        spec = TeacherSpec(
+            model="bench",
+            concurrency=args.concurrency,
+            params={"temperature": 0.7, "max_tokens": 512},
+            system_prompt=None,
+            price_in_per_mtok=None,
+            price_out_per_mtok=None,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             plan = CollectPlan(
-                prompts="-", prompts_split="train", output=Path(tmp) / "out.jsonl", failures=Path(tmp) / "f.jsonl", limit=None,
-                retry_rejected=False, keep_truncated=False, refusal=RefusalDetector([r"^I'm sorry"]), abort_after_failures=0,
-                fsync_interval_s=1.0, progress=False, client=settings, teacher=spec,
+                prompts="-",
+                prompts_split="train",
+                output=Path(tmp) / "out.jsonl",
+                failures=Path(tmp) / "f.jsonl",
+                limit=None,
+                retry_rejected=False,
+                keep_truncated=False,
+                refusal=RefusalDetector([r"^I'm sorry"]),
+                abort_after_failures=0,
+                fsync_interval_s=1.0,
+                progress=False,
+                client=settings,
+                teacher=spec,
             )
 
             def prompts(tag: str, n: int):
-                return [{"id": f"{tag}-{i:06d}", "messages": [{"role": "user", "content": f"Question {i}: explain something in a few words."}]} for i in range(n)]
+                return [
+                    {
+                        "id": f"{tag}-{i:06d}",
+                        "messages": [{"role": "user", "content": f"Question {i}: explain something in a few words."}],
+                    }
+                    for i in range(n)
+                ]
 
             async def go() -> tuple[float, float, int]:
                 client = make_client(settings, "EMPTY", concurrency=args.concurrency)
                 work = make_work(plan, client, [])
                 try:
                     with Journal(plan.output, fsync_interval_s=1.0) as out, Journal(plan.failures) as side:
-                        await run_journaled(prompts("warm", args.warmup), work, output=out, failures=side,
-                                            concurrency=args.concurrency, progress=False)
+                        await run_journaled(
+                            prompts("warm", args.warmup),
+                            work,
+                            output=out,
+                            failures=side,
+                            concurrency=args.concurrency,
+                            progress=False,
+                        )
                         cpu0, t0 = time.process_time(), time.monotonic()
-                        stats = await run_journaled(prompts("bench", args.requests), work, output=out, failures=side,
-                                                    concurrency=args.concurrency, progress=False)
+                        stats = await run_journaled(
+                            prompts("bench", args.requests),
+                            work,
+                            output=out,
+                            failures=side,
+                            concurrency=args.concurrency,
+                            progress=False,
+                        )
                         return time.monotonic() - t0, time.process_time() - cpu0, stats.ok
                 finally:
                     await client.close()
@@ -78,10 +117,22 @@ def main(argv: list[str] | None = None) -> float:
     achieved = args.requests / wall
     ideal = args.concurrency / args.latency
     ratio = achieved / ideal
-    print(json.dumps({"requests": args.requests, "ok": ok, "latency_s": args.latency, "concurrency": args.concurrency,
-                      "http_backend": args.http_backend, "cpus": os.cpu_count()}))
-    print(f"achieved {achieved:.1f} req/s | ideal C/L = {ideal:.1f} req/s | ratio {ratio:.3f} | "
-          f"wall {wall:.2f} s | client CPU {1000 * cpu / args.requests:.2f} ms/request")
+    print(
+        json.dumps(
+            {
+                "requests": args.requests,
+                "ok": ok,
+                "latency_s": args.latency,
+                "concurrency": args.concurrency,
+                "http_backend": args.http_backend,
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+    print(
+        f"achieved {achieved:.1f} req/s | ideal C/L = {ideal:.1f} req/s | ratio {ratio:.3f} | "
+        f"wall {wall:.2f} s | client CPU {1000 * cpu / args.requests:.2f} ms/request"
+    )
     return ratio
 
 

@@ -46,8 +46,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from gad.fit import build_module  # noqa: E402
 from gad.rollout import Rollout, decode_row_steps  # noqa: E402
-from gad.train import build_module  # noqa: E402
 
 # The chat length profile. Means are published figures; the shape (log-normal, sigma below, cut at the
 # caps of experiment=gad_qwen7b) is an assumption of this benchmark, chosen for chat's long tails.
@@ -88,16 +88,27 @@ def workload(prompts: int, samples: int, gen: torch.Generator, scale: float = 1.
     prompt_ids, prompt_mask = padded(draw("prompt", prompts, gen, scale), gen, left=True, eos=False)
     teacher_ids, teacher_mask = padded(draw("teacher", prompts, gen, scale), gen, left=False, eos=True)
     sample_ids, sample_mask = padded(draw("student", prompts * samples, gen, scale), gen, left=False, eos=True)
-    batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": teacher_ids,
-             "response_mask": teacher_mask}
-    rollout = Rollout(prompt_ids.repeat_interleave(samples, 0), prompt_mask.repeat_interleave(samples, 0),
-                      sample_ids, sample_mask, samples)
+    batch = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "response_ids": teacher_ids,
+        "response_mask": teacher_mask,
+    }
+    rollout = Rollout(
+        prompt_ids.repeat_interleave(samples, 0),
+        prompt_mask.repeat_interleave(samples, 0),
+        sample_ids,
+        sample_mask,
+        samples,
+    )
     return batch, rollout
 
 
 def module_for(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={tempfile.mkdtemp()}", *overrides])
+        cfg = compose(
+            "train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={tempfile.mkdtemp()}", *overrides]
+        )
     torch.manual_seed(0)
     module = build_module(cfg)
     module.completed_steps = module.warmup_steps  # the adversarial phase: the reference is in use
@@ -112,12 +123,15 @@ class Counter:
 
     def __init__(self, networks: dict[str, torch.nn.Module]):
         self.rows: dict[str, list[tuple[int, int]]] = {name: [] for name in networks}
-        self.hooks = [net.register_forward_pre_hook(self.hook(name), with_kwargs=True) for name, net in networks.items()]
+        self.hooks = [
+            net.register_forward_pre_hook(self.hook(name), with_kwargs=True) for name, net in networks.items()
+        ]
 
     def hook(self, name):
         def record(_, args, kwargs):
             ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
             self.rows[name].append((ids.numel(), int(mask.sum()) if mask is not None else ids.numel()))
+
         return record
 
     def take(self) -> dict[str, list[tuple[int, int]]]:
@@ -134,11 +148,25 @@ def count(budget: str, prompts: int, samples: int, seed: int) -> dict[str, list[
     """Run the step's training forwards of `experiment=gad_qwen7b`'s shapes on a tiny student (no
     transformer blocks: the forwards' shapes are the method's, their cost is not measured here); per part,
     the (computed, real) tokens of each forward."""
-    tiny = ["model.student.config.hidden_size=16", "model.student.config.intermediate_size=32",
-            "model.student.config.num_hidden_layers=0", "model.student.config.max_position_embeddings=4096"]
-    _, module = module_for(["experiment=gad_qwen7b", "model=tiny", "trainer=cpu", "callbacks=toy",
-                            "model.student.gradient_checkpointing=true", f"method.max_tokens_per_micro_batch={budget}",
-                            "method.kl_coef=0.001", "method.alpha=0.1", *tiny])
+    tiny = [
+        "model.student.config.hidden_size=16",
+        "model.student.config.intermediate_size=32",
+        "model.student.config.num_hidden_layers=0",
+        "model.student.config.max_position_embeddings=4096",
+    ]
+    _, module = module_for(
+        [
+            "experiment=gad_qwen7b",
+            "model=tiny",
+            "trainer=cpu",
+            "callbacks=toy",
+            "model.student.gradient_checkpointing=true",
+            f"method.max_tokens_per_micro_batch={budget}",
+            "method.kl_coef=0.001",
+            "method.alpha=0.1",
+            *tiny,
+        ]
+    )
     batch, rollout = workload(prompts, samples, torch.Generator().manual_seed(seed))
     counter = Counter({"G": module.generator, "D": module.discriminator.trunk, "reference": module.reference})
     parts = {}
@@ -174,10 +202,20 @@ def pct(real: int, computed: int) -> str:
 def token_report(budget: int, prompts: int, samples: int, seed: int, segment: int) -> None:
     before, module, rollout = count("null", prompts, samples, seed)
     after, _, _ = count(str(budget), prompts, samples, seed)
-    table = Table(title=f"one GAD step, experiment=gad_qwen7b shapes: {prompts} prompts x {samples} samples per device, "
-                        f"micro_batch_size {module.micro_batch_size} (before) / max_tokens_per_micro_batch {budget} (after)")
-    for col in ("forwards of", "real tokens", "computed before", "real share before", "largest before",
-                "computed after", "real share after", "largest after"):
+    table = Table(
+        title=f"one GAD step, experiment=gad_qwen7b shapes: {prompts} prompts x {samples} samples per device, "
+        f"micro_batch_size {module.micro_batch_size} (before) / max_tokens_per_micro_batch {budget} (after)"
+    )
+    for col in (
+        "forwards of",
+        "real tokens",
+        "computed before",
+        "real share before",
+        "largest before",
+        "computed after",
+        "real share after",
+        "largest after",
+    ):
         table.add_column(col, justify="left" if col == "forwards of" else "right")
     totals = {"before": [0, 0], "after": [0, 0]}
     for part in before:
@@ -189,21 +227,49 @@ def token_report(budget: int, prompts: int, samples: int, seed: int, segment: in
             for key, c in (("before", cb), ("after", ca)):
                 totals[key][0] += real
                 totals[key][1] += c
-        table.add_row(part, f"{real:,}", f"{cb:,}", pct(real, cb), f"{max(c for c, _ in b):,}",
-                      f"{ca:,}", pct(real, ca), f"{max(c for c, _ in a):,}")
-    table.add_row("D + G + reference", f"{totals['before'][0]:,}", f"{totals['before'][1]:,}",
-                  pct(*totals["before"]), "", f"{totals['after'][1]:,}", pct(*totals["after"]), "")
+        table.add_row(
+            part,
+            f"{real:,}",
+            f"{cb:,}",
+            pct(real, cb),
+            f"{max(c for c, _ in b):,}",
+            f"{ca:,}",
+            pct(real, ca),
+            f"{max(c for c, _ in a):,}",
+        )
+    table.add_row(
+        "D + G + reference",
+        f"{totals['before'][0]:,}",
+        f"{totals['before'][1]:,}",
+        pct(*totals["before"]),
+        "",
+        f"{totals['after'][1]:,}",
+        pct(*totals["after"]),
+        "",
+    )
     steps, real = decode_steps(rollout, module.rollout_batch_size)
     after_steps, _ = decode_steps(rollout, module.rollout_batch_size, segment)
-    table.add_row(f"rollout decode ({module.rollout_batch_size} rows per call; after: segments of {segment})", f"{real:,}",
-                  f"{steps:,}", pct(real, steps), "", f"{after_steps:,}", pct(real, after_steps), "")
+    table.add_row(
+        f"rollout decode ({module.rollout_batch_size} rows per call; after: segments of {segment})",
+        f"{real:,}",
+        f"{steps:,}",
+        pct(real, steps),
+        "",
+        f"{after_steps:,}",
+        pct(real, after_steps),
+        "",
+    )
     Console(width=200).print(table)
-    Console(width=200).print("tokens: input positions of each forward (rows x width); real: attention-mask sum (packed: all). "
-                    "largest: the largest forward, in tokens (activation memory). Rollout: row-decode-steps vs "
-                    "generated tokens; after: method.rollout_segment_tokens, ended rows leave after each segment.")
+    Console(width=200).print(
+        "tokens: input positions of each forward (rows x width); real: attention-mask sum (packed: all). "
+        "largest: the largest forward, in tokens (activation memory). Rollout: row-decode-steps vs "
+        "generated tokens; after: method.rollout_segment_tokens, ended rows leave after each segment."
+    )
     sweep = {k: decode_steps(rollout, module.rollout_batch_size, k)[0] for k in (8, 16, 32, 64, 128, 256)}
-    Console(width=200).print("rollout real share by method.rollout_segment_tokens (generate calls per row-group: "
-                             f"about longest / segment): " + ", ".join(f"{k}: {pct(real, s)}" for k, s in sweep.items()))
+    Console(width=200).print(
+        "rollout real share by method.rollout_segment_tokens (generate calls per row-group: "
+        "about longest / segment): " + ", ".join(f"{k}: {pct(real, s)}" for k, s in sweep.items())
+    )
 
 
 # The toy student samples end-of-turn with probability about 1/259 per token: its responses would nearly all
@@ -216,11 +282,22 @@ def time_paths(rounds: int, budget: int, segment: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     batch, rollout = workload(16, 4, gen, scale=1 / 8)
     runs = {}
-    for name, tokens, seg in (("old (padded, one generate)", "null", "null"),
-                              (f"new (packed {budget}, segments of {segment})", str(budget), str(segment))):
-        module = module_for(["trainer=cpu", "callbacks=toy", "model.student.config.max_position_embeddings=512",
-                             f"method.max_tokens_per_micro_batch={tokens}", f"method.rollout_segment_tokens={seg}",
-                             "method.num_samples=4", "method.rollout_batch_size=64", "method.max_new_tokens=192"])[1]
+    for name, tokens, seg in (
+        ("old (padded, one generate)", "null", "null"),
+        (f"new (packed {budget}, segments of {segment})", str(budget), str(segment)),
+    ):
+        module = module_for(
+            [
+                "trainer=cpu",
+                "callbacks=toy",
+                "model.student.config.max_position_embeddings=512",
+                f"method.max_tokens_per_micro_batch={tokens}",
+                f"method.rollout_segment_tokens={seg}",
+                "method.num_samples=4",
+                "method.rollout_batch_size=64",
+                "method.max_new_tokens=192",
+            ]
+        )[1]
         module.eos_ids, module.sampling.eos_token_id = TOY_ENDS, TOY_ENDS
         runs[name] = module
     times = {name: {"rollout": [], "D + G": [], "step": []} for name in runs}
@@ -241,22 +318,33 @@ def time_paths(rounds: int, budget: int, segment: int, seed: int) -> None:
             results[name] = (d["train/d_loss"].item(), g["train/g_loss"].item())
             steps, real = decode_steps(sampled, 64, module.rollout_segment_tokens)
             shares[name].append((real, steps))
-    table = Table(title=f"toy student, long-tailed workload (profile / 8: prompts <= 256, responses <= 192 tokens), "
-                        f"16 prompts x 4 samples, one adversarial step: rollout (sampled, {len(TOY_ENDS)} end ids), then D + G "
-                        f"forward+backward and reference forward on the profile workload; median of {rounds}")
+    table = Table(
+        title=f"toy student, long-tailed workload (profile / 8: prompts <= 256, responses <= 192 tokens), "
+        f"16 prompts x 4 samples, one adversarial step: rollout (sampled, {len(TOY_ENDS)} end ids), then D + G "
+        f"forward+backward and reference forward on the profile workload; median of {rounds}"
+    )
     for col in ("path", "rollout s", "rollout real share", "D + G s", "step s", "D loss", "G loss"):
         table.add_column(col, justify="right")
     med = {name: {k: statistics.median(v) for k, v in times[name].items()} for name in runs}
     for name in runs:
         real, steps = map(sum, zip(*shares[name]))
-        table.add_row(name, f"{med[name]['rollout']:.3f}", pct(real, steps), f"{med[name]['D + G']:.3f}",
-                      f"{med[name]['step']:.3f}", f"{results[name][0]:.6f}", f"{results[name][1]:.6f}")
+        table.add_row(
+            name,
+            f"{med[name]['rollout']:.3f}",
+            pct(real, steps),
+            f"{med[name]['D + G']:.3f}",
+            f"{med[name]['step']:.3f}",
+            f"{results[name][0]:.6f}",
+            f"{results[name][1]:.6f}",
+        )
     Console(width=200).print(table)
     old, new = list(runs)
     Console(width=200).print(
-        "speed-up, old / new: " + ", ".join(f"{k} {med[old][k] / med[new][k]:.2f}x" for k in ("rollout", "D + G", "step"))
+        "speed-up, old / new: "
+        + ", ".join(f"{k} {med[old][k] / med[new][k]:.2f}x" for k in ("rollout", "D + G", "step"))
         + f" (D + G real tokens: batch {int(batch['prompt_mask'].sum() + batch['response_mask'].sum()):,}, "
-        f"rollout {int(rollout.response_mask.sum()):,})")
+        f"rollout {int(rollout.response_mask.sum()):,})"
+    )
 
 
 def main() -> None:

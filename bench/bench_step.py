@@ -29,10 +29,14 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from gad.config.validate import validate  # noqa: E402
-from gad.train import build_module  # noqa: E402
+from gad.fit import build_module  # noqa: E402
 
-SECTIONS = {"rollout": "rollout (generate)", "d_step": "D forward+backward+step",
-            "g_step": "G forward+backward+step", "ref_forward": "reference forward"}
+SECTIONS = {
+    "rollout": "rollout (generate)",
+    "d_step": "D forward+backward+step",
+    "g_step": "G forward+backward+step",
+    "ref_forward": "reference forward",
+}
 
 
 class StepTimer(L.Callback):
@@ -53,17 +57,32 @@ def time_adversarial_steps(overrides: list[str], steps: int, skip: int):
     """Runs `skip` + `steps` adversarial GAD steps through Lightning; returns (cfg, module, per-step timings)."""
     out = tempfile.mkdtemp(prefix="gad-bench-")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", "method.profile=true", "method.warmup_steps=0",
-            "method.d_only_steps=0", f"method.adversarial_steps={steps + skip}", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={out}",
+                "method.profile=true",
+                "method.warmup_steps=0",
+                "method.d_only_steps=0",
+                f"method.adversarial_steps={steps + skip}",
+                *overrides,
+            ],
+        )
     validate(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer = instantiate(cfg.model.tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, cache_dir=None)
     module = build_module(cfg, tokenizer)
     timer = StepTimer(skip)
-    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, val_check_interval=10**9)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[timer],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=10**9,
+    )
     trainer.fit(module, datamodule=datamodule)
     return cfg, module, timer.rows
 
@@ -79,8 +98,10 @@ def main() -> None:
     mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in ["total", *SECTIONS]}
     mean["other"] = mean["total"] - sum(mean[k] for k in SECTIONS)
     m = cfg.method
-    table = Table(title=f"adversarial step, mean of {len(rows)} steps: {cfg.data.batch_size} prompts x "
-                        f"{m.num_samples} samples, <= {m.max_new_tokens} new tokens, device {module.device}")
+    table = Table(
+        title=f"adversarial step, mean of {len(rows)} steps: {cfg.data.batch_size} prompts x "
+        f"{m.num_samples} samples, <= {m.max_new_tokens} new tokens, device {module.device}"
+    )
     table.add_column("section")
     table.add_column("ms / step", justify="right")
     table.add_column("share", justify="right")
@@ -88,8 +109,10 @@ def main() -> None:
         table.add_row(label, f"{1000 * mean[key]:.1f}", f"{100 * mean[key] / mean['total']:.1f}%")
     Console().print(table)
     tokens = sum(r["tokens"] for r in rows)
-    Console().print(f"rollout throughput: {tokens / sum(r['rollout'] for r in rows):.0f} generated tokens/s; "
-                    f"whole step: {tokens / sum(r['total'] for r in rows):.0f} generated tokens/s")
+    Console().print(
+        f"rollout throughput: {tokens / sum(r['rollout'] for r in rows):.0f} generated tokens/s; "
+        f"whole step: {tokens / sum(r['total'] for r in rows):.0f} generated tokens/s"
+    )
 
 
 if __name__ == "__main__":

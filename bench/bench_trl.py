@@ -51,7 +51,7 @@ def trl_grpo_steps(cfg, steps: int, skip: int) -> list[dict[str, float]]:
         from transformers import AutoModelForSequenceClassification, TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as err:
-        raise SystemExit(f"error: TRL is not installed ({err}); run: pip install -e \".[bench]\"") from None
+        raise SystemExit(f'error: TRL is not installed ({err}); run: pip install -e ".[bench]"') from None
 
     torch.manual_seed(cfg.seed)
     tokenizer = instantiate(cfg.model.tokenizer)
@@ -76,9 +76,12 @@ def trl_grpo_steps(cfg, steps: int, skip: int) -> list[dict[str, float]]:
         gradient_accumulation_steps=1,
         num_generations=m.num_samples,
         max_completion_length=m.max_new_tokens,
-        temperature=m.temperature, top_p=m.top_p, top_k=0, repetition_penalty=1.0,
-        beta=m.kl_coef,                       # a reference model and its forward, as GAD's KL term
-        num_iterations=1,                     # one update per rollout, as GAD
+        temperature=m.temperature,
+        top_p=m.top_p,
+        top_k=0,
+        repetition_penalty=1.0,
+        beta=m.kl_coef,  # a reference model and its forward, as GAD's KL term
+        num_iterations=1,  # one update per rollout, as GAD
         learning_rate=m.generator_optimizer.lr,
         max_grad_norm=m.generator_grad_clip,
         lr_scheduler_type="constant",
@@ -86,8 +89,12 @@ def trl_grpo_steps(cfg, steps: int, skip: int) -> list[dict[str, float]]:
         gradient_checkpointing=bool(cfg.model.student.gradient_checkpointing),
         bf16=not on_cpu and "bf16" in str(cfg.trainer.precision),
         use_cpu=on_cpu,
-        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=cfg.seed,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=cfg.seed,
         model_init_kwargs={"dtype": torch.float32},
     )
 
@@ -107,8 +114,15 @@ def trl_grpo_steps(cfg, steps: int, skip: int) -> list[dict[str, float]]:
                 self.rows[-1]["tokens"] = logs["completions/mean_length"] * completions
 
     timer = StepTimer()
-    trainer = GRPOTrainer(model=student_dir, reward_funcs=reward_model, args=args, train_dataset=prompts,
-                          processing_class=tokenizer, reward_processing_classes=tokenizer, callbacks=[timer])
+    trainer = GRPOTrainer(
+        model=student_dir,
+        reward_funcs=reward_model,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_processing_classes=tokenizer,
+        callbacks=[timer],
+    )
     trainer.train()
     return timer.rows[skip:]
 
@@ -128,7 +142,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
 
-    overrides = [f"method.generator_optimizer.lr={args.lr}", f"method.discriminator_optimizer.lr={args.lr}", *args.overrides]
+    overrides = [
+        f"method.generator_optimizer.lr={args.lr}",
+        f"method.discriminator_optimizer.lr={args.lr}",
+        *args.overrides,
+    ]
     built = {}
 
     def gad(*extra: str) -> list[dict[str, float]]:
@@ -153,16 +171,20 @@ def main() -> None:
 
     cfg, module = built["cfg"], built["module"]
     m = cfg.method
-    table = Table(title=f"median of {args.rounds} rounds x {args.steps} steps (after {args.skip} untimed each): "
-                        f"{cfg.data.batch_size} prompts x {m.num_samples} samples, <= {m.max_new_tokens} new tokens, "
-                        f"T={m.temperature}, lr {args.lr:g}, device {module.device}, torch threads {torch.get_num_threads()}")
+    table = Table(
+        title=f"median of {args.rounds} rounds x {args.steps} steps (after {args.skip} untimed each): "
+        f"{cfg.data.batch_size} prompts x {m.num_samples} samples, <= {m.max_new_tokens} new tokens, "
+        f"T={m.temperature}, lr {args.lr:g}, device {module.device}, torch threads {torch.get_num_threads()}"
+    )
     for column in ("", "s / step", "generated tokens / s"):
         table.add_column(column, justify="right" if column else "left")
     table.add_row("this project: GAD adversarial step (trains G and D)", f"{gad_step:.3f}", f"{gad_tps:.0f}")
     table.add_row("this project: D frozen (trains G; off_policy=true)", f"{frozen_step:.3f}", f"{frozen_tps:.0f}")
     table.add_row("TRL GRPOTrainer step (trains G; frozen reward model)", f"{trl_step:.3f}", f"{trl_tps:.0f}")
     table.add_row("ratio, GAD step / TRL", f"{gad_step / trl_step:.2f}", f"{gad_tps / trl_tps:.2f}")
-    table.add_row("ratio, D frozen / TRL (the same work)", f"{frozen_step / trl_step:.2f}", f"{frozen_tps / trl_tps:.2f}")
+    table.add_row(
+        "ratio, D frozen / TRL (the same work)", f"{frozen_step / trl_step:.2f}", f"{frozen_tps / trl_tps:.2f}"
+    )
     console = Console()
     console.print(table)
     console.print("GAD step / TRL, each round's medians: " + ", ".join(f"{x:.2f}" for x in round_ratios))

@@ -24,7 +24,7 @@ from gad.errors import run_cli  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="collect")
 def main(cfg: DictConfig) -> None:
-    start(cfg, "gad.teacher.collect:collect", returns_status=True)
+    start(cfg, "gad.teacher_data.collect:collect", returns_status=True)
 
 
 if __name__ == "__main__":

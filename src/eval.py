@@ -26,8 +26,13 @@ from gad.errors import run_cli  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     # Generations, perplexities and judge replies reach their journals as they come: Ctrl-C keeps them.
-    start(cfg, "gad.evaluation.run:evaluate", returns_status=True, console=True,
-          kept_on_interrupt="what was generated and judged so far is cached: re-run the same command to continue")
+    start(
+        cfg,
+        "gad.evaluation.run:evaluate",
+        returns_status=True,
+        console=True,
+        kept_on_interrupt="what was generated and judged so far is cached: re-run the same command to continue",
+    )
 
 
 if __name__ == "__main__":

@@ -187,7 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # ----------------------------------------------------------------------------------- utils
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, ctype: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes, headers: dict[str, str] | None = None, ctype: str = "application/json"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -199,7 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers)
 
-    def _error(self, status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
+    ) -> None:
         self._json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers)
 
     def _retry_headers(self) -> dict[str, str]:
@@ -213,7 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------------------------- handlers
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": self.chat.model, "object": "model", "owned_by": "test"}]})
+            self._json(
+                200, {"object": "list", "data": [{"id": self.chat.model, "object": "model", "owned_by": "test"}]}
+            )
         else:
             self._error(404, f"no route {self.path}", "invalid_request_error", "not_found")
 
@@ -256,15 +262,33 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, fault: str, body: dict, messages: list[dict]) -> None:
         c = self.chat
         if fault == "429":
-            self._error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", self._retry_headers())
+            self._error(
+                429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", self._retry_headers()
+            )
         elif fault == "quota":
-            self._error(429, "You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
+            self._error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
+            )
         elif fault == "401":
             self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         elif fault == "400":
-            self._error(400, "This model's maximum context length is 8192 tokens.", "invalid_request_error", "context_length_exceeded")
+            self._error(
+                400,
+                "This model's maximum context length is 8192 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
         elif fault in ("500", "502", "503"):
-            self._error(int(fault), "The server had an error while processing your request.", "server_error", None, self._retry_headers())
+            self._error(
+                int(fault),
+                "The server had an error while processing your request.",
+                "server_error",
+                None,
+                self._retry_headers(),
+            )
         elif fault == "malformed":
             self._send(200, b'{"id": "chatcmpl-broken", "choices": [ {"message": ')
         elif fault == "drop":
@@ -293,7 +317,12 @@ class _Handler(BaseHTTPRequestHandler):
                     "created": int(time.time()),
                     "model": body.get("model") or c.model,
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None}, "finish_reason": finish, "logprobs": None}
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content, "refusal": None},
+                            "finish_reason": finish,
+                            "logprobs": None,
+                        }
                     ],
                     "usage": {
                         "prompt_tokens": prompt_tokens,

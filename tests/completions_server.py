@@ -34,8 +34,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 class CompletionsServer:
-    def __init__(self, model_dir: str, tokenizer_dir: str | None = None, *, model_name: str = "test-teacher",
-                 max_logprobs: int = 20, port: int = 0):
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer_dir: str | None = None,
+        *,
+        model_name: str = "test-teacher",
+        max_logprobs: int = 20,
+        port: int = 0,
+    ):
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
         self.model_name, self.max_logprobs, self.port = model_name, max_logprobs, port
@@ -73,7 +80,10 @@ class CompletionsServer:
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
-                    self.reply(200, {"object": "list", "data": [{"id": server.model_name, "object": "model", "owned_by": "test"}]})
+                    self.reply(
+                        200,
+                        {"object": "list", "data": [{"id": server.model_name, "object": "model", "owned_by": "test"}]},
+                    )
                 else:
                     self.reply(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -135,7 +145,9 @@ class CompletionsServer:
             raise ValueError(f"The model `{body.get('model')}` does not exist.")
         k = body.get("logprobs")
         if k is not None and k > self.max_logprobs:
-            raise ValueError(f"Requested sample logprobs of {k}, which is greater than max allowed: {self.max_logprobs}")
+            raise ValueError(
+                f"Requested sample logprobs of {k}, which is greater than max allowed: {self.max_logprobs}"
+            )
         max_tokens = int(body.get("max_tokens", 16))
         echo, as_id = bool(body.get("echo", False)), bool(body.get("return_tokens_as_token_ids", False))
         choices, prompt_tokens, completion_tokens = [], 0, 0
@@ -169,18 +181,30 @@ class CompletionsServer:
                     top[self.token(i, as_id)] = max(v, -9999.0)
                 tops.append(top)
             text = self.tokenizer.decode([seq[p] for p in shown])
-            choices.append({
-                "index": index, "text": text, "finish_reason": "length", "stop_reason": None,
-                "logprobs": None if k is None else {"tokens": tokens, "token_logprobs": token_lps,
-                                                    "top_logprobs": tops, "text_offset": offsets},
-            })
+            choices.append(
+                {
+                    "index": index,
+                    "text": text,
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                    "logprobs": None
+                    if k is None
+                    else {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets},
+                }
+            )
             prompt_tokens += len(ids)
             completion_tokens += len(seq) - len(ids)
         return {
-            "id": f"cmpl-{time.monotonic_ns()}", "object": "text_completion", "created": int(time.time()),
-            "model": self.model_name, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "id": f"cmpl-{time.monotonic_ns()}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
 

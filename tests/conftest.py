@@ -32,22 +32,34 @@ def fast_overrides(*without: str) -> list[str]:
     For runs that keep only part of it: another method (whose config has none of its `method.` keys),
     or the default console (a callback it sets to null cannot be brought back by a later override).
     """
+
     def flat(node, prefix=""):
         for key, value in node.items():
             if isinstance(value, dict):
                 yield from flat(value, f"{prefix}{key}.")
             else:
-                yield f"{prefix}{key}", "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+                yield (
+                    f"{prefix}{key}",
+                    "null" if value is None else str(value).lower() if isinstance(value, bool) else value,
+                )
 
     fast = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "debug" / "fast.yaml"))
     return [f"{key}={value}" for key, value in flat(fast) if not key.startswith(without)]
 
 
-def run_entry(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run one of the repository's entry scripts the way a user does."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "src" / script), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def train(log_dir: Path, *overrides: str, fast: bool = True) -> Path:
@@ -99,8 +111,18 @@ def smollm2() -> Path:
 # The slowest files first: pytest-xdist (--dist loadfile, --no-loadscope-reorder) hands out files in
 # collection order, so these start at once and the many quick files fill in around them. (Its default
 # order, by number of tests, left these few-test, multi-process files for last and a long tail.)
-SLOWEST_FILES = ["test_real_student.py", "test_fsdp.py", "test_distributed.py", "test_kd_ddp.py", "test_train.py",
-                 "test_run_lifecycle.py", "test_run_folders.py", "test_trust_loading.py", "test_eval.py", "test_lora.py"]
+SLOWEST_FILES = [
+    "test_real_student.py",
+    "test_fsdp.py",
+    "test_distributed.py",
+    "test_kd_ddp.py",
+    "test_train.py",
+    "test_run_lifecycle.py",
+    "test_run_folders.py",
+    "test_trust_loading.py",
+    "test_eval.py",
+    "test_lora.py",
+]
 
 
 def pytest_collection_modifyitems(items):

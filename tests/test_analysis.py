@@ -51,10 +51,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WARMUP, ADVERSARIAL, CKPT_EVERY = 4, 4, 3
 TINY_RUN = [
-    f"method.warmup_steps={WARMUP}", "method.d_only_steps=1", f"method.adversarial_steps={ADVERSARIAL}",
-    "method.num_samples=3", "data.batch_size=4", "data.max_response_tokens=12", "data.val_size=8",
-    "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "callbacks.toy_accuracy=null", "callbacks.progress_bar=null", "callbacks.rollout_samples.every_n_steps=1",
+    f"method.warmup_steps={WARMUP}",
+    "method.d_only_steps=1",
+    f"method.adversarial_steps={ADVERSARIAL}",
+    "method.num_samples=3",
+    "data.batch_size=4",
+    "data.max_response_tokens=12",
+    "data.val_size=8",
+    "trainer.val_check_interval=1000",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.toy_accuracy=null",
+    "callbacks.progress_bar=null",
+    "callbacks.rollout_samples.every_n_steps=1",
     f"callbacks.step_checkpoint.every_n_steps={CKPT_EVERY}",
 ]
 
@@ -68,9 +77,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return done[-1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "train.py"), f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache",
-         *TINY_RUN],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            f"paths.log_dir={log_dir}",
+            f"paths.cache_dir={log_dir}/cache",
+            *TINY_RUN,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return sorted(p for p in runs.glob("*") if (p / "config.yaml").is_file())[-1]
@@ -99,9 +117,16 @@ CSV = """epoch,step,train/d_acc,train/d_loss,train/kl,train/phase,train/response
 
 
 def record(step: int, pid: str, teacher: float, samples: list[tuple[float, int]], phase: str = "warmup") -> dict:
-    return {"step": step, "phase": phase, "id": pid, "prompt": f"<|im_start|>user\n{pid}<|im_end|>\n", "teacher": f"T-{pid}",
-            "teacher_score": teacher, "teacher_length": 3,
-            "samples": [{"text": f"S-{pid}-{j}", "score": s, "length": n} for j, (s, n) in enumerate(samples)]}
+    return {
+        "step": step,
+        "phase": phase,
+        "id": pid,
+        "prompt": f"<|im_start|>user\n{pid}<|im_end|>\n",
+        "teacher": f"T-{pid}",
+        "teacher_score": teacher,
+        "teacher_length": 3,
+        "samples": [{"text": f"S-{pid}-{j}", "score": s, "length": n} for j, (s, n) in enumerate(samples)],
+    }
 
 
 RECORDS = [
@@ -150,8 +175,12 @@ def test_rollouts_long_format_and_phase_from_step(rollouts):
     teacher = rollouts[rollouts["role"] == "teacher"]
     assert list(teacher["text"]) == ["T-a", "T-b", "T-c", "T-d"] and teacher["sample"].isna().all()
     # step 4 was sampled during the 4th step, still warm-up with warmup_steps=4, whatever its record says
-    assert rollouts.groupby("step")["phase"].first().to_dict() == {2: "warm-up", 4: "warm-up", 6: "adversarial",
-                                                                    8: "adversarial"}
+    assert rollouts.groupby("step")["phase"].first().to_dict() == {
+        2: "warm-up",
+        4: "warm-up",
+        6: "adversarial",
+        8: "adversarial",
+    }
     row = rollouts[(rollouts["id"] == "c") & (rollouts["sample"] == 0)].iloc[0]
     assert (row["score"], row["length"], row["teacher_score"], row["teacher_text"]) == (3.0, 8, 0.5, "T-c")
     assert row["margin"] == pytest.approx(2.5)
@@ -168,8 +197,10 @@ def test_load_rollouts_reads_the_boundary_from_the_config(tmp_path):
 
 
 def test_user_turn():
-    chatml = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n" \
-             "<|im_start|>user\nAdd: 1\n2<|im_end|>\n<|im_start|>assistant\n"
+    chatml = (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+        "<|im_start|>user\nAdd: 1\n2<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert user_turn(chatml) == "Add: 1\n2"  # the last user turn, newlines kept
     llama3 = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     assert user_turn(llama3) == "Hi"
@@ -275,8 +306,12 @@ def test_as_messages():
     assert as_messages("hi") == [{"role": "user", "content": "hi"}]
     chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     assert as_messages(chat) == chat
-    for bad, match in (([], "non-empty"), ([{"role": "user"}], "role: str, content: str"),
-                       ([{"role": "assistant", "content": "a"}], "end with a user turn"), (3, "string or")):
+    for bad, match in (
+        ([], "non-empty"),
+        ([{"role": "user"}], "role: str, content: str"),
+        ([{"role": "assistant", "content": "a"}], "end with a user turn"),
+        (3, "string or"),
+    ):
         with pytest.raises(GADError, match=match):
             as_messages(bad)
 
@@ -300,8 +335,9 @@ def test_teacher_response_encoded_as_in_training(scorer):
     assert tok.eos_token == "<|im_end|>"
     (row,) = scorer.encode([("Add: 45 23", "68")])
     assert row["response_ids"] == tok("68", add_special_tokens=False)["input_ids"] + [eos_id]
-    assert row["prompt_ids"] == tok.apply_chat_template([{"role": "user", "content": "Add: 45 23"}],
-                                                        add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert row["prompt_ids"] == tok.apply_chat_template(
+        [{"role": "user", "content": "Add: 45 23"}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     # an end-of-turn already typed is not doubled; a string prompt is one user turn
     (same,) = scorer.encode([([{"role": "user", "content": "Add: 45 23"}], "68<|im_end|>")])
     assert same["response_ids"] == row["response_ids"] and same["prompt_ids"] == row["prompt_ids"]
@@ -318,8 +354,13 @@ def test_teacher_response_encoded_as_in_training(scorer):
 
 
 PAIRS = [
-    ("Add: 45 23", "68"), ("Add: 45 23", "69"), ("Reverse: 3 9 0", "0 9 3"), ("Sort: 3 7 1", "1 3 7 and more words"),
-    ([{"role": "user", "content": "Max: 3 7 1"}], "7"), ("Count b in babcd", ""), ("Add: 1 2", "3"),
+    ("Add: 45 23", "68"),
+    ("Add: 45 23", "69"),
+    ("Reverse: 3 9 0", "0 9 3"),
+    ("Sort: 3 7 1", "1 3 7 and more words"),
+    ([{"role": "user", "content": "Max: 3 7 1"}], "7"),
+    ("Count b in babcd", ""),
+    ("Add: 1 2", "3"),
 ]
 
 
@@ -353,9 +394,13 @@ def test_scores_reproduce_training(run_dir):
     assert rescored == pytest.approx(list(teacher["score"]), abs=1e-4)
     tok = scorer.tokenizer
     students = logged[logged["role"] == "student"]
-    exact = students[[len(tok(t, add_special_tokens=False)["input_ids"]) + 1 == n
-                      and tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
-                      for t, n in zip(students["text"], students["length"])]]
+    exact = students[
+        [
+            len(tok(t, add_special_tokens=False)["input_ids"]) + 1 == n
+            and tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
+            for t, n in zip(students["text"], students["length"])
+        ]
+    ]
     if len(exact):
         got = scorer.score(list(zip(exact["prompt"], exact["text"])), rendered=True)
         assert got == pytest.approx(list(exact["score"]), abs=1e-4)

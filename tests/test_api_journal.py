@@ -126,19 +126,34 @@ def test_pending_items_skips_answered_and_rejected(tmp_path):
 
 def _run(server, tmp_path, n, concurrency, work=None, **kw):
     async def go():
-        settings = ClientSettings(base_url=server.base_url, api_key_env="OPENAI_API_KEY", require_api_key=True, timeout_s=300.0,
-                                  connect_timeout_s=10.0, max_retries=0, backoff_initial_s=0.5, backoff_max_s=30.0,
-                                  http_backend="aiohttp")
+        settings = ClientSettings(
+            base_url=server.base_url,
+            api_key_env="OPENAI_API_KEY",
+            require_api_key=True,
+            timeout_s=300.0,
+            connect_timeout_s=10.0,
+            max_retries=0,
+            backoff_initial_s=0.5,
+            backoff_max_s=30.0,
+            http_backend="aiohttp",
+        )
         client = make_client(settings, "k", concurrency=concurrency)
 
         async def ask(item):
             reply = await chat_completion(client, model="m", messages=item["messages"])
-            return Outcome(OK, {"id": item["id"], "response": reply.text}, tokens_in=reply.prompt_tokens, tokens_out=reply.completion_tokens)
+            return Outcome(
+                OK,
+                {"id": item["id"], "response": reply.text},
+                tokens_in=reply.prompt_tokens,
+                tokens_out=reply.completion_tokens,
+            )
 
         try:
             with Journal(tmp_path / "o.jsonl") as out, Journal(tmp_path / "f.jsonl") as side:
                 items = [{"id": f"i{k}", "messages": [{"role": "user", "content": f"q {k}"}]} for k in range(n)]
-                return await run_journaled(items, work or ask, output=out, failures=side, concurrency=concurrency, progress=False, **kw)
+                return await run_journaled(
+                    items, work or ask, output=out, failures=side, concurrency=concurrency, progress=False, **kw
+                )
         finally:
             await client.close()
 
@@ -160,7 +175,10 @@ def test_runner_stops_after_failures_in_a_row(tmp_path):
         await asyncio.sleep(0)
         return Outcome(FAILED, {"id": item["id"], "detail": "server down"}, "connection")
 
-    with ChatServer() as server, pytest.raises(FatalRunError, match=r"stopped after [56] failed requests in a row") as err:
+    with (
+        ChatServer() as server,
+        pytest.raises(FatalRunError, match=r"stopped after [56] failed requests in a row") as err,
+    ):
         _run(server, tmp_path, n=50, concurrency=2, work=always_fails, abort_after_failures=5)
     assert "\n" not in str(err.value)
     assert 5 <= len(lines(tmp_path / "f.jsonl")) <= 6  # recorded as they failed, then stopped

@@ -20,17 +20,32 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
 from gad.errors import GADError
-from gad.teacher.collect import DEFAULT_REFUSAL_PATTERNS, EXIT_MISSING, RefusalDetector, collect
+from gad.teacher_data.collect import DEFAULT_REFUSAL_PATTERNS, EXIT_MISSING, RefusalDetector, collect
 
 SENTINEL = "sk-test-SENTINEL-7f3c9a1e5b"
-FAST = ["teacher.timeout_s=0.4", "teacher.max_retries=2", "teacher.backoff_initial_s=0.01", "teacher.backoff_max_s=0.05",
-        "progress=false", "fsync_interval_s=0"]
+FAST = [
+    "teacher.timeout_s=0.4",
+    "teacher.max_retries=2",
+    "teacher.backoff_initial_s=0.01",
+    "teacher.backoff_max_s=0.05",
+    "progress=false",
+    "fsync_interval_s=0",
+]
 
 
 def write_prompts(path: Path, names: list[str]) -> Path:
     with open(path, "w") as fh:
         for name in names:
-            fh.write(json.dumps({"id": name, "messages": [{"role": "user", "content": f"{name}: please answer"}], "meta": {"n": name}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": name,
+                        "messages": [{"role": "user", "content": f"{name}: please answer"}],
+                        "meta": {"n": name},
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -40,7 +55,14 @@ def cfg_for(*overrides: str):
 
 
 def run_collect(server: ChatServer, prompts: Path, output: Path, *extra: str) -> int:
-    cfg = cfg_for(f"prompts={prompts}", f"output={output}", f"teacher.base_url={server.base_url}", "teacher.concurrency=8", *FAST, *extra)
+    cfg = cfg_for(
+        f"prompts={prompts}",
+        f"output={output}",
+        f"teacher.base_url={server.base_url}",
+        "teacher.concurrency=8",
+        *FAST,
+        *extra,
+    )
     return collect(cfg)
 
 
@@ -117,8 +139,13 @@ def test_every_fault_is_retried_or_recorded_and_a_rerun_sends_only_what_is_missi
         ids = [r["id"] for r in read(out)]
         assert len(ids) == len(set(ids)) == 36  # + q-malformed, q-empty; nothing twice
         failures = {r["id"]: r["reason"] for r in read(side)}  # compacted: only what is still true
-        assert failures == {"q-refuse": "refusal", "q-filter": "content_filter", "q-length": "truncated",
-                            "q-bad": "invalid_request", "q-down": "server_error"}
+        assert failures == {
+            "q-refuse": "refusal",
+            "q-filter": "content_filter",
+            "q-length": "truncated",
+            "q-bad": "invalid_request",
+            "q-down": "server_error",
+        }
 
         # asked to, a re-run also re-sends the rejected ones; keep_truncated keeps cut answers
         before = len(server.requests)
@@ -139,12 +166,24 @@ def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tm
     prompts = write_prompts(tmp_path / "prompts.jsonl", [f"p-{i}" for i in range(10)])
     out = tmp_path / "out.jsonl"
     with ChatServer() as server:
-        assert run_collect(server, prompts, out, "teacher.system_prompt=Be brief.", "teacher.temperature=0.3", "teacher.max_tokens=64") == 0
+        assert (
+            run_collect(
+                server,
+                prompts,
+                out,
+                "teacher.system_prompt=Be brief.",
+                "teacher.temperature=0.3",
+                "teacher.max_tokens=64",
+            )
+            == 0
+        )
         sent = server.requests[0]
         capsys.readouterr()
         assert run_collect(server, prompts, out, "teacher.model=another-teacher") == 0  # same output, other teacher
         assert len(server.requests) == 10  # nothing re-sent...
-        assert "already holds answers from another teacher (gpt-5-chat-latest: 10)" in " ".join(capsys.readouterr().out.split())
+        assert "already holds answers from another teacher (gpt-5-chat-latest: 10)" in " ".join(
+            capsys.readouterr().out.split()
+        )
     records, report = read_records(out)
     assert report.kept == 10 and all(r["messages"][0]["role"] == "user" for r in records)  # the prompt as given...
     assert all(r["meta"]["system_prompt"] == "Be brief." for r in records)  # ...and the system prompt sent (gad.chat)
@@ -155,8 +194,17 @@ def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tm
 def test_request_carries_the_sampling_parameters(tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", ["only"])
     with ChatServer() as server:
-        run_collect(server, prompts, tmp_path / "o.jsonl", "teacher.temperature=0.3", "teacher.top_p=0.9",
-                    "teacher.max_tokens=77", "teacher.seed=5", "+teacher.extra_body.top_k=20", "teacher.system_prompt=S")
+        run_collect(
+            server,
+            prompts,
+            tmp_path / "o.jsonl",
+            "teacher.temperature=0.3",
+            "teacher.top_p=0.9",
+            "teacher.max_tokens=77",
+            "teacher.seed=5",
+            "+teacher.extra_body.top_k=20",
+            "teacher.system_prompt=S",
+        )
     body = server.requests[0].body
     assert body["model"] == "gpt-5-chat-latest" and body["temperature"] == 0.3 and body["top_p"] == 0.9
     assert body["max_completion_tokens"] == 77 and body["seed"] == 5 and body["top_k"] == 20
@@ -203,16 +251,24 @@ def test_rejected_key_stops_the_run_and_never_shows_the_key(tmp_path, capsys):
         (["teacher.temperature=-0.5"], "teacher.temperature=-0.5 is invalid: must be >= 0"),
         (["teacher.top_p=0"], "teacher.top_p=0 is invalid: must be > 0"),
         (["teacher.max_retries=-1"], "teacher.max_retries=-1 is invalid: must be >= 0"),
-        (["teacher.base_url=ftp://example.org"], "teacher.base_url=ftp://example.org is invalid: must be an http(s) URL"),
+        (
+            ["teacher.base_url=ftp://example.org"],
+            "teacher.base_url=ftp://example.org is invalid: must be an http(s) URL",
+        ),
         (["prompts=/no/such/prompts.jsonl"], "prompts=/no/such/prompts.jsonl is invalid: no such file or folder"),
         (["output=out.txt"], "output=out.txt is invalid: must be a .jsonl file"),
-        (["teacher.api_key_env=sk-live-abcdef0123456789"], "teacher.api_key_env: must be the NAME of an environment variable"),
+        (
+            ["teacher.api_key_env=sk-live-abcdef0123456789"],
+            "teacher.api_key_env: must be the NAME of an environment variable",
+        ),
         (["teacher.api_key_env=GAD_TEST_UNSET_KEY"], "environment variable GAD_TEST_UNSET_KEY is not set"),
     ],
 )
 def test_bad_config_fails_early_with_one_line_naming_the_key(tmp_path, overrides, fragment):
     prompts = write_prompts(tmp_path / "p.jsonl", ["a"])
-    cfg = cfg_for(f"prompts={prompts}", f"output={tmp_path / 'o.jsonl'}", "teacher.base_url=http://127.0.0.1:9/v1", *overrides)
+    cfg = cfg_for(
+        f"prompts={prompts}", f"output={tmp_path / 'o.jsonl'}", "teacher.base_url=http://127.0.0.1:9/v1", *overrides
+    )
     with pytest.raises(GADError) as err:
         collect(cfg)
     assert fragment in str(err.value) and "\n" not in str(err.value)
@@ -224,7 +280,13 @@ def test_keyless_local_server_needs_no_key(tmp_path, monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
     with ChatServer() as server:
-        cfg = cfg_for("teacher=vllm", f"prompts={prompts}", f"output={tmp_path / 'o.jsonl'}", f"teacher.base_url={server.base_url}", *FAST)
+        cfg = cfg_for(
+            "teacher=vllm",
+            f"prompts={prompts}",
+            f"output={tmp_path / 'o.jsonl'}",
+            f"teacher.base_url={server.base_url}",
+            *FAST,
+        )
         assert collect(cfg) == 0
         assert server.requests[0].authorization == "Bearer EMPTY"
     assert {r["teacher"] for r in read(tmp_path / "o.jsonl")} == {"Qwen/Qwen2.5-72B-Instruct"}
@@ -262,11 +324,24 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path
     names = [f"p-{i:04d}" for i in range(400)]
     prompts = write_prompts(tmp_path / "prompts.jsonl", names)
     out = tmp_path / "out.jsonl"
-    args = [sys.executable, str(ROOT / "src" / "collect.py"), f"prompts={prompts}", f"output={out}", "teacher.concurrency=16",
-            f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false", "fsync_interval_s=0"]
+    args = [
+        sys.executable,
+        str(ROOT / "src" / "collect.py"),
+        f"prompts={prompts}",
+        f"output={out}",
+        "teacher.concurrency=16",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "progress=false",
+        "fsync_interval_s=0",
+    ]
     env = {**os.environ, "OPENAI_API_KEY": SENTINEL, "HF_HUB_OFFLINE": "1"}
     with ChatServer(latency=0.05) as server:
-        proc = subprocess.Popen([*args, f"teacher.base_url={server.base_url}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*args, f"teacher.base_url={server.base_url}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
@@ -283,7 +358,9 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path
         assert 0 < complete < 400
         sent_before = len(server.requests)
 
-        rerun = subprocess.run([*args, f"teacher.base_url={server.base_url}"], env=env, capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run(
+            [*args, f"teacher.base_url={server.base_url}"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert len(server.requests) - sent_before == 400 - complete  # only what was missing was sent
     ids = [r["id"] for r in read(out)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from conftest import ROOT, assert_one_line_error, run_entry
 from hydra import compose, initialize_config_dir
@@ -50,29 +49,35 @@ def test_default_run_is_the_toy_world_at_toy_scale():
     assert cfg.trainer.accelerator == "cpu"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("method.temperature=0", "method.temperature"),
-    ("method.temperature=-1", "method.temperature"),
-    ("method.alpha=1.5", "method.alpha"),
-    ("method.alpha=-0.1", "method.alpha"),
-    ("method.num_samples=1", "method.num_samples"),
-    ("method.d_loss=hinge", "method.d_loss"),
-    ("method.d_only_steps=1000", "method.d_only_steps"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("+method.temprature=1", "method.temprature"),
-    ("+data.pth=x", "data.pth"),
-    ("trainer.strategy=deepspeed_stage_2", "trainer.strategy"),
-    ("data=dump", "data.path: required"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("method.temperature=0", "method.temperature"),
+        ("method.temperature=-1", "method.temperature"),
+        ("method.alpha=1.5", "method.alpha"),
+        ("method.alpha=-0.1", "method.alpha"),
+        ("method.num_samples=1", "method.num_samples"),
+        ("method.d_loss=hinge", "method.d_loss"),
+        ("method.d_only_steps=1000", "method.d_only_steps"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("+method.temprature=1", "method.temprature"),
+        ("+data.pth=x", "data.pth"),
+        ("trainer.strategy=deepspeed_stage_2", "trainer.strategy"),
+        ("data=dump", "data.path: required"),
+    ],
+)
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(GADError, match=key.replace(".", r"\.")):
         validate(composed(override))
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("method.temperature=0", "method.temperature=0 is invalid"),
-    ("method.temprature=1", "method.temprature"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("method.temperature=0", "method.temperature=0 is invalid"),
+        ("method.temprature=1", "method.temprature"),
+    ],
+)
 def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragment):
     assert_one_line_error(run_entry("train.py", override, f"paths.log_dir={tmp_path}"), fragment)
 
@@ -93,6 +98,10 @@ def test_every_trainer_composes_with_the_main_experiment(trainer):
     cfg = composed("experiment=gad_qwen7b", f"trainer={trainer}")
     validate(cfg)
     strategy = cfg.trainer.strategy
-    expected = {"ddp": "TwoNetworkDDPStrategy", "ddp_cpu": "TwoNetworkDDPStrategy", "fsdp": "TwoNetworkFSDPStrategy",
-                "fsdp_cpu": "TwoNetworkFSDPStrategy"}.get(trainer)
+    expected = {
+        "ddp": "TwoNetworkDDPStrategy",
+        "ddp_cpu": "TwoNetworkDDPStrategy",
+        "fsdp": "TwoNetworkFSDPStrategy",
+        "fsdp_cpu": "TwoNetworkFSDPStrategy",
+    }.get(trainer)
     assert (strategy == "auto") if expected is None else strategy._target_ == f"gad.distributed.{expected}"

@@ -21,15 +21,17 @@ from gad.step_record import Phase, StepRecord
 
 # conf/debug/fast.yaml without its switches that turn the progress bar and the model summary off: the
 # default run's console, on a few steps; toy accuracy on 4 prompts so its greedy decoding runs too.
-QUIET_FAST = fast_overrides("callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy", "callbacks.summary.figures")
+QUIET_FAST = fast_overrides(
+    "callbacks.progress_bar", "trainer.enable_", "callbacks.toy_accuracy", "callbacks.summary.figures"
+)
 QUIET_FAST += ["callbacks.toy_accuracy.limit=4", "callbacks.rollout_samples.every_n_steps=2"]
 
 NOISE = [
-    re.compile(r"warn", re.IGNORECASE),                 # Python warnings, library loggers' WARNING lines
+    re.compile(r"warn", re.IGNORECASE),  # Python warnings, library loggers' WARNING lines
     re.compile(r"deprecat", re.IGNORECASE),
-    re.compile(r"\.py:\d+: "),                          # a warning's source location (Lightning's omit the category)
+    re.compile(r"\.py:\d+: "),  # a warning's source location (Lightning's omit the category)
     re.compile(r"^\[?(transformers|datasets|wandb|mlflow)\b", re.IGNORECASE),  # library loggers' prefixes
-    re.compile(r"\d+%\|"),                              # tqdm bars ("Saving the dataset", "Writing model shards")
+    re.compile(r"\d+%\|"),  # tqdm bars ("Saving the dataset", "Writing model shards")
     re.compile(r"(it|examples)/s\]"),
     re.compile(r"GPU available|TPU available|Tip:|LitLogger"),  # Lightning's info lines
     re.compile(r"Traceback"),
@@ -69,7 +71,10 @@ def test_progress_lines_know_the_plan(default_run):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("step ")]
     # off a terminal: the first step, the last step of each phase, the last step (every_n_steps=20 > 6)
     assert [ln.split(" · ")[:2] for ln in lines] == [
-        ["step 1/6 (17%)", "warm-up, D only"], ["step 3/6 (50%)", "warm-up"], ["step 6/6 (100%)", "adversarial"]]
+        ["step 1/6 (17%)", "warm-up, D only"],
+        ["step 3/6 (50%)", "warm-up"],
+        ["step 6/6 (100%)", "adversarial"],
+    ]
     assert all("ETA" in ln and "D acc" in ln and "vs teacher" in ln for ln in lines)
     assert "reward" not in lines[1] and "CE" in lines[1]  # no policy step in warm-up: D's scores are no reward
     assert "reward" in lines[2] and "KL" in lines[2]
@@ -100,20 +105,34 @@ def test_verbose_is_a_config_key():
 
 def gad_schedule(**overrides) -> SimpleNamespace:
     """The state GADModule.schedule reads, with its real schedule bound to it."""
-    module = SimpleNamespace(completed_steps=0, warmup_steps=120, d_only_steps=5, adversarial_steps=40,
-                             off_policy=False, off_policy_d_steps=0, generator_warmup=True, discriminator_warmup=True)
+    module = SimpleNamespace(
+        completed_steps=0,
+        warmup_steps=120,
+        d_only_steps=5,
+        adversarial_steps=40,
+        off_policy=False,
+        off_policy_d_steps=0,
+        generator_warmup=True,
+        discriminator_warmup=True,
+    )
     vars(module).update(overrides)
     module.schedule = lambda: GADModule.schedule(module)
     module.total_steps = module.warmup_steps + module.off_policy_d_steps + module.adversarial_steps
     return module
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ({}, [("warm-up, D only", 5), ("warm-up", 115), ("adversarial", 40)]),
-    ({"generator_warmup": False}, [("warm-up, D only", 120), ("adversarial", 40)]),
-    ({"discriminator_warmup": False, "d_only_steps": 0}, [("warm-up, G only", 120), ("adversarial", 40)]),
-    ({"off_policy": True, "off_policy_d_steps": 30}, [("warm-up, D only", 5), ("warm-up", 115), ("D on frozen G", 30), ("adversarial", 40)]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, [("warm-up, D only", 5), ("warm-up", 115), ("adversarial", 40)]),
+        ({"generator_warmup": False}, [("warm-up, D only", 120), ("adversarial", 40)]),
+        ({"discriminator_warmup": False, "d_only_steps": 0}, [("warm-up, G only", 120), ("adversarial", 40)]),
+        (
+            {"off_policy": True, "off_policy_d_steps": 30},
+            [("warm-up, D only", 5), ("warm-up", 115), ("D on frozen G", 30), ("adversarial", 40)],
+        ),
+    ],
+)
 def test_plan_follows_the_methods_schedule(overrides, expected):
     module = gad_schedule(**overrides)
     module.completed_steps = 7

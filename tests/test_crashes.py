@@ -25,16 +25,19 @@ def composed(*overrides: str):
         return compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", *overrides])
 
 
-@pytest.mark.parametrize("override, key, why", [
-    ("method.num_samples=2.5", "method.num_samples", "integer"),
-    ("method.warmup_steps=3.5", "method.warmup_steps", "integer"),
-    ("data.batch_size=true", "data.batch_size", "integer"),
-    ("method.generator_optimizer.lr=inf", "method.generator_optimizer.lr", "finite"),
-    ("method.discriminator_optimizer.lr=-inf", "method.discriminator_optimizer.lr", "finite"),
-    ("method.temperature=inf", "method.temperature", "finite"),
-    ("method.kl_coef=inf", "method.kl_coef", "finite"),
-    ("method.generator_optimizer.lr=nan", "method.generator_optimizer.lr", "finite"),
-])
+@pytest.mark.parametrize(
+    "override, key, why",
+    [
+        ("method.num_samples=2.5", "method.num_samples", "integer"),
+        ("method.warmup_steps=3.5", "method.warmup_steps", "integer"),
+        ("data.batch_size=true", "data.batch_size", "integer"),
+        ("method.generator_optimizer.lr=inf", "method.generator_optimizer.lr", "finite"),
+        ("method.discriminator_optimizer.lr=-inf", "method.discriminator_optimizer.lr", "finite"),
+        ("method.temperature=inf", "method.temperature", "finite"),
+        ("method.kl_coef=inf", "method.kl_coef", "finite"),
+        ("method.generator_optimizer.lr=nan", "method.generator_optimizer.lr", "finite"),
+    ],
+)
 def test_non_counts_and_infinities_name_the_key(override, key, why):
     with pytest.raises(GADError, match=rf"^{key}=\S+ is invalid: .*{why}"):
         validate(composed(override))
@@ -49,12 +52,30 @@ def test_ctrl_c_in_eval_is_one_line_exit_130_and_keeps_the_caches(tmp_path):
     run = train(tmp_path / "train")
     key_env = "GAD_CRASH_TEST_KEY"
     log_dir = tmp_path / "eval_logs"
-    base = [sys.executable, str(ROOT / "src" / "eval.py"), f"paths.log_dir={log_dir}", "progress=false",
-            f"models={{after: '{run}'}}", f"prompt_sets={{id: '{ROOT}/data/toy/test_id.jsonl'}}", "limit=4"]
+    base = [
+        sys.executable,
+        str(ROOT / "src" / "eval.py"),
+        f"paths.log_dir={log_dir}",
+        "progress=false",
+        f"models={{after: '{run}'}}",
+        f"prompt_sets={{id: '{ROOT}/data/toy/test_id.jsonl'}}",
+        "limit=4",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", key_env: "k"}
     with ChatServer(latency=120) as judge:  # every judge request hangs: interrupt while waiting for one
-        proc = subprocess.Popen([*base, "judge=gpt4o", f"judge.base_url={judge.base_url}", f"judge.api_key_env={key_env}",
-                                 "judge.model=test-judge"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                *base,
+                "judge=gpt4o",
+                f"judge.base_url={judge.base_url}",
+                f"judge.api_key_env={key_env}",
+                "judge.model=test-judge",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 240
         while not judge.requests and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -26,15 +26,18 @@ def rec(i, prompt="Add: 1 2", response="3", **extra):
     return {"id": f"r{i}", "messages": [{"role": "user", "content": prompt}], "response": response, **extra}
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    ({"messages": GOOD["messages"], "response": "x"}, "missing field 'id'"),
-    ({**GOOD, "messages": "hi"}, "'messages' must be a non-empty list"),
-    ({**GOOD, "messages": [{"role": "assistant", "content": "x"}]}, "'messages' must end with a user turn"),
-    ({**GOOD, "response": 3}, "'response' must be a string"),
-    ({**GOOD, "response": "  "}, "'response' is empty"),
-    ("{not json", "invalid JSON"),
-    ({**GOOD}, "duplicate id 'a'"),
-])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"messages": GOOD["messages"], "response": "x"}, "missing field 'id'"),
+        ({**GOOD, "messages": "hi"}, "'messages' must be a non-empty list"),
+        ({**GOOD, "messages": [{"role": "assistant", "content": "x"}]}, "'messages' must end with a user turn"),
+        ({**GOOD, "response": 3}, "'response' must be a string"),
+        ({**GOOD, "response": "  "}, "'response' is empty"),
+        ("{not json", "invalid JSON"),
+        ({**GOOD}, "duplicate id 'a'"),
+    ],
+)
 def test_malformed_rows_name_file_and_row(tmp_path, bad, fragment):
     path = write(tmp_path / "d.jsonl", GOOD, bad)
     with pytest.raises(GADError) as err:
@@ -57,7 +60,9 @@ def test_hub_id_offline_fails_at_once_with_one_line():
 def test_released_gad_schema_loads_through_column_keys(tmp_path):
     row = {"content": [{"role": "user", "content": "Q"}], "teacher_response": "A"}
     path = write(tmp_path / "release.jsonl", row, row)
-    records, _ = read_records(path, Columns(id=None, messages="content", response="teacher_response", teacher=None, meta=None))
+    records, _ = read_records(
+        path, Columns(id=None, messages="content", response="teacher_response", teacher=None, meta=None)
+    )
     assert [r["id"] for r in records] == ["row-1", "row-2"] and records[0]["response"] == "A"
 
 
@@ -121,8 +126,10 @@ def test_tokenisation_is_cached(tmp_path):
 
 
 def test_collate_pads_prompts_left_and_responses_right(tmp_path):
-    dm = datamodule(write(tmp_path / "d.jsonl", rec(1, prompt="a"), rec(2, prompt="a much longer one", response="12345"), rec(3)),
-                    val_size=0)
+    dm = datamodule(
+        write(tmp_path / "d.jsonl", rec(1, prompt="a"), rec(2, prompt="a much longer one", response="12345"), rec(3)),
+        val_size=0,
+    )
     batch = dm.collate([dm.train_set[0], dm.train_set[1]])
     assert batch["prompt_mask"][0, 0] == 0 and batch["prompt_mask"][0, -1] == 1
     assert batch["response_mask"][0, 0] == 1 and batch["response_mask"][0, -1] == 0

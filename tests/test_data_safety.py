@@ -119,12 +119,15 @@ def test_a_folders_sidecars_are_skipped_and_counted_and_compressed_dumps_load(tm
     assert dm.stats["files skipped: collect sidecars"] == 2  # the counted line of the data table
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("a.failures.jsonl", "a collect.py sidecar"),
-    ("a.jsonl.failures", "a collect.py sidecar"),
-    ("a.jsonl.zst", "unsupported compressed dump format '.jsonl.zst'"),
-    ("a.parquet.gz", "unsupported compressed dump format '.parquet.gz'"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("a.failures.jsonl", "a collect.py sidecar"),
+        ("a.jsonl.failures", "a collect.py sidecar"),
+        ("a.jsonl.zst", "unsupported compressed dump format '.jsonl.zst'"),
+        ("a.parquet.gz", "unsupported compressed dump format '.parquet.gz'"),
+    ],
+)
 def test_a_sidecar_or_an_unreadable_compressed_file_is_refused_by_name(tmp_path, name, fragment):
     from gad.data.records import read_records
     from gad.errors import GADError
@@ -143,7 +146,9 @@ def test_a_sidecar_or_an_unreadable_compressed_file_is_refused_by_name(tmp_path,
 
 def bad_utf8_dump(path: Path) -> Path:
     good = [json.dumps(rec(i)).encode() for i in range(4)]
-    bad = json.dumps(rec(7, response="caf\u00e9"), ensure_ascii=False).encode().replace("\u00e9".encode(), b"\xe9")  # Latin-1
+    bad = (
+        json.dumps(rec(7, response="caf\u00e9"), ensure_ascii=False).encode().replace("\u00e9".encode(), b"\xe9")
+    )  # Latin-1
     path.write_bytes(b"\n".join([good[0], good[1], bad, good[2], good[3]]) + b"\n")
     return path
 
@@ -165,6 +170,12 @@ def test_invalid_utf8_through_the_entry_point_is_one_line(tmp_path):
     from conftest import assert_one_line_error, run_entry
 
     path = bad_utf8_dump(tmp_path / "d.jsonl")
-    proc = run_entry("train.py", "data=dump", f"data.path={path}", f"paths.log_dir={tmp_path}", "data.cache_dir=null",
-                     "data.val_size=1")
+    proc = run_entry(
+        "train.py",
+        "data=dump",
+        f"data.path={path}",
+        f"paths.log_dir={tmp_path}",
+        "data.cache_dir=null",
+        "data.val_size=1",
+    )
     assert_one_line_error(proc, f"{path} row 3", "invalid UTF-8")

@@ -10,9 +10,18 @@ from conftest import FAST, ROOT, run_entry
 def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_entry(
-        "train.py", "-m", "trainer=ddp_cpu", "method.temperature=0.6,1.0", "method.alpha=0,0.1",
-        "method.warmup_steps=2", "method.adversarial_steps=1", f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}", *FAST, timeout=900,
+        "train.py",
+        "-m",
+        "trainer=ddp_cpu",
+        "method.temperature=0.6,1.0",
+        "method.alpha=0,0.1",
+        "method.warmup_steps=2",
+        "method.adversarial_steps=1",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.cache_dir={tmp_path}/cache",
+        f"hydra.sweep.dir={sweep}",
+        *FAST,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = {str(i) for i in range(4)}
@@ -28,8 +37,16 @@ def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
 
 def test_a_failed_job_does_not_stop_a_sweep_under_fsdp(tmp_path):
     # The default sweep folder (outputs/train/multiruns/<time>, under the project root) as users get it.
-    proc = run_entry("train.py", "-m", "method.temperature=0,0.8", "trainer=fsdp_cpu", f"paths.data_dir={ROOT / 'data'}",
-                     f"paths.cache_dir={tmp_path}/cache", *FAST, env={"PROJECT_ROOT": str(tmp_path)})
+    proc = run_entry(
+        "train.py",
+        "-m",
+        "method.temperature=0,0.8",
+        "trainer=fsdp_cpu",
+        f"paths.data_dir={ROOT / 'data'}",
+        f"paths.cache_dir={tmp_path}/cache",
+        *FAST,
+        env={"PROJECT_ROOT": str(tmp_path)},
+    )
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert proc.returncode == 2
     assert "error: method.temperature=0 is invalid" in proc.stderr and "Traceback" not in proc.stderr

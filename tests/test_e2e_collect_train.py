@@ -24,24 +24,50 @@ def composed(name: str, *overrides: str):
 
 
 def test_prepare_collect_train(tmp_path, monkeypatch):
-    from gad.teacher.collect import collect
-    from gad.teacher.prepare import prepare
+    from gad.teacher_data.collect import collect
+    from gad.teacher_data.prepare import prepare
 
     source = tmp_path / "clean.jsonl"  # OpenLeecher/lmsys_chat_1m_clean schema (ShareGPT turns)
     with open(source, "w") as fh:
         for i in range(48):
-            fh.write(json.dumps({"id": f"k{i:02d}", "conversations": [{"from": "human", "value": f"Add: {i} {i + 1}"},
-                                                                        {"from": "gpt", "value": "..."}]}) + "\n")
-    result = prepare(composed("prepare", "source.kind=lmsys_clean", f"source.path={source}", f"out_dir={tmp_path / 'data'}",
-                              "sample.test_size=8"))
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"k{i:02d}",
+                        "conversations": [
+                            {"from": "human", "value": f"Add: {i} {i + 1}"},
+                            {"from": "gpt", "value": "..."},
+                        ],
+                    }
+                )
+                + "\n"
+            )
+    result = prepare(
+        composed(
+            "prepare",
+            "source.kind=lmsys_clean",
+            f"source.path={source}",
+            f"out_dir={tmp_path / 'data'}",
+            "sample.test_size=8",
+        )
+    )
     assert len(result.train) == 40 and len(result.test) == 8
 
     dump = tmp_path / "data" / "teacher.jsonl"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-e2e")
     with ChatServer(script={"Add: 7 ": ["500"], "Add: 9 ": ["refuse"]}) as server:
-        status = collect(composed("collect", f"prompts={tmp_path / 'data' / 'train.jsonl'}", f"output={dump}",
-                                  f"teacher.base_url={server.base_url}", "teacher.model=toy-teacher", "teacher.concurrency=8",
-                                  "teacher.backoff_initial_s=0.01", "progress=false"))
+        status = collect(
+            composed(
+                "collect",
+                f"prompts={tmp_path / 'data' / 'train.jsonl'}",
+                f"output={dump}",
+                f"teacher.base_url={server.base_url}",
+                "teacher.model=toy-teacher",
+                "teacher.concurrency=8",
+                "teacher.backoff_initial_s=0.01",
+                "progress=false",
+            )
+        )
     assert status == 0
     records = [json.loads(line) for line in dump.read_text().splitlines()]
     train_ids = {r["id"] for r in result.train}

@@ -24,15 +24,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gad.data.datamodule import validation_split
 from gad.data.records import read_records
+from gad.errors import GADError
 from gad.evaluation import length_control as lc
 from gad.evaluation.judge import PAIR_TEMPLATE, parse_verdict
 from gad.evaluation.metrics import ngram_f1, tokens
-from gad.errors import GADError
-from gad.evaluation.models import load_model_for, resolve_spec
+from gad.evaluation.model_specs import load_model_for, resolve_spec
 from gad.evaluation.select import pick_best
+from gad.fit import build_module
 from gad.runs import run_config
 from gad.toy.check import check
-from gad.train import build_module
 
 SENTINEL = "sk-evaltest-SENTINEL-0123456789abcdef"
 KEY_ENV = "GAD_EVAL_TEST_KEY"
@@ -42,7 +42,9 @@ ID_SPLIT, OOD_SPLIT = ROOT / "data/toy/test_id.jsonl", ROOT / "data/toy/test_ood
 UNPARSEABLE_Q = read_records(ID_SPLIT)[0][0]["messages"][-1]["content"]  # "Add: 36 4"
 PAIR = re.compile(
     r"^\[Question\]\n(?P<q>.*)\n\n\[The Start of Assistant 1's Answer\]\n(?P<a1>.*)\n\n\[The End of Assistant 1's Answer\]"
-    r"\n\n\[The Start of Assistant 2's Answer\]\n(?P<a2>.*)\n\n\[The End of Assistant 2's Answer\]\n\n\[System\]\n", re.S)
+    r"\n\n\[The Start of Assistant 2's Answer\]\n(?P<a2>.*)\n\n\[The End of Assistant 2's Answer\]\n\n\[System\]\n",
+    re.S,
+)
 
 
 def reference_for(question: str) -> str:
@@ -77,18 +79,26 @@ def server():
 
 
 def judge_args(server, **extra) -> list[str]:
-    args = {"judge.base_url": server.base_url, "judge.model": "test-judge", "judge.api_key_env": KEY_ENV,
-            "judge.parse_retries": PARSE_RETRIES, "judge.backoff_initial_s": 0.01, "judge.backoff_max_s": 0.02,
-            "judge.concurrency": 8, **extra}
+    args = {
+        "judge.base_url": server.base_url,
+        "judge.model": "test-judge",
+        "judge.api_key_env": KEY_ENV,
+        "judge.parse_retries": PARSE_RETRIES,
+        "judge.backoff_initial_s": 0.01,
+        "judge.backoff_max_s": 0.02,
+        "judge.concurrency": 8,
+        **extra,
+    }
     return ["judge=gpt4o", *[f"{k}={v}" for k, v in args.items()]]
 
 
 def eval_cmd(log_dir, *args, env=None):
-    return run_entry("eval.py", f"paths.log_dir={log_dir}", "progress=false", *args,
-                     env={KEY_ENV: SENTINEL, **(env or {})})
+    return run_entry(
+        "eval.py", f"paths.log_dir={log_dir}", "progress=false", *args, env={KEY_ENV: SENTINEL, **(env or {})}
+    )
 
 
-def out_dir(proc) -> "Path":  # noqa: F821
+def out_dir(proc) -> Path:  # noqa: F821
     from pathlib import Path
 
     return Path(re.search(r"^outputs: (.+)$", proc.stdout, re.M).group(1))
@@ -112,8 +122,15 @@ def evaluated(run, server, tmp_path_factory):
     second = eval_cmd(log_dir, *args)
     assert second.returncode == 0, second.stderr[-3000:]
     requests_second = len(server.requests) - start - requests_first
-    return {"log_dir": log_dir, "first": first, "second": second, "out": out_dir(first), "out2": out_dir(second),
-            "requests_first": requests_first, "requests_second": requests_second}
+    return {
+        "log_dir": log_dir,
+        "first": first,
+        "second": second,
+        "out": out_dir(first),
+        "out2": out_dir(second),
+        "requests_first": requests_first,
+        "requests_second": requests_second,
+    }
 
 
 def summary_rows(out) -> dict[tuple[str, str], dict]:
@@ -143,9 +160,11 @@ def test_generations_match_direct_greedy_decoding(evaluated, run):
     tok = AutoTokenizer.from_pretrained(run / "student")
     model = AutoModelForCausalLM.from_pretrained(run / "student").eval()
     for row in after[:3]:
-        enc = tok.apply_chat_template(row["messages"], add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        enc = tok.apply_chat_template(
+            row["messages"], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
         gen = model.generate(**enc, max_new_tokens=32, do_sample=False, eos_token_id=258, pad_token_id=256)
-        assert tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == row["response"]
+        assert tok.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True) == row["response"]
 
 
 def test_judge_free_metrics_recomputed(evaluated, run):
@@ -176,7 +195,7 @@ def test_judge_free_metrics_recomputed(evaluated, run):
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
             targets = ids[0, 1:]
-            nll -= logp[torch.arange(len(targets)), targets][-len(resp):].sum().item()
+            nll -= logp[torch.arange(len(targets)), targets][-len(resp) :].sum().item()
             count += len(resp)
         assert row["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
 
@@ -221,7 +240,10 @@ def test_judge_scores_both_orders_and_unparseable_count(evaluated, run):
         assert row["judge_score"] != pytest.approx(first) and row["judge_score"] != pytest.approx(second)
         # length control, recomputed: subset within [0.8, 1.25] and OLS at ratio 1
         n_s = [len(tok(lines[i]["response"], add_special_tokens=False)["input_ids"]) for i in keep]
-        n_r = [len(tok(reference_for(lines[i]["messages"][-1]["content"]), add_special_tokens=False)["input_ids"]) for i in keep]
+        n_r = [
+            len(tok(reference_for(lines[i]["messages"][-1]["content"]), add_special_tokens=False)["input_ids"])
+            for i in keep
+        ]
         assert row["judge_length_ratio"] == pytest.approx(sum(n_s) / sum(n_r))
         ratios = [max(a, 1) / max(b, 1) for a, b in zip(n_s, n_r)]
         sub = [j for j, q in enumerate(ratios) if 0.8 <= q <= 1.25]
@@ -232,7 +254,9 @@ def test_judge_scores_both_orders_and_unparseable_count(evaluated, run):
         x = np.log(ratios)
         if np.ptp(x) > 0 and x.min() <= 0 <= x.max():
             slope, intercept = np.polyfit(x, per_prompt, 1)
-            assert row["judge_lc_regression"] == pytest.approx(intercept) and row["judge_lc_slope"] == pytest.approx(slope)
+            assert row["judge_lc_regression"] == pytest.approx(intercept) and row["judge_lc_slope"] == pytest.approx(
+                slope
+            )
         else:
             assert row["judge_lc_regression"] is None  # NaN (no spread, or ratio 1 not covered) is written as null
 
@@ -280,8 +304,12 @@ def test_failed_judge_requests_resume(run, tmp_path):
         return "500" if state["fail"] and text == failing else None
 
     with ChatServer(api_key=SENTINEL, reply_fn=judge_reply, fault_fn=fault, retry_after_ms=None) as srv:
-        args = [f"models={{after: '{run}/student'}}", f"prompt_sets={{in_dist: '{ID_SPLIT}'}}", "limit=4",
-                *judge_args(srv, **{"judge.max_retries": 0})]
+        args = [
+            f"models={{after: '{run}/student'}}",
+            f"prompt_sets={{in_dist: '{ID_SPLIT}'}}",
+            "limit=4",
+            *judge_args(srv, **{"judge.max_retries": 0}),
+        ]
         first = eval_cmd(tmp_path, *args)
         assert first.returncode == 3, first.stderr[-2000:]
         row = summary_rows(out_dir(first))[("after", "in_dist")]
@@ -302,7 +330,11 @@ def test_checkpoint_selection_uses_the_validation_split(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = out_dir(proc)
     selection = json.loads((out / "selection.json").read_text())
-    assert [c["checkpoint"] for c in selection["checkpoints"]] == ["step_000002.ckpt", "step_000004.ckpt", "step_000006.ckpt"]
+    assert [c["checkpoint"] for c in selection["checkpoints"]] == [
+        "step_000002.ckpt",
+        "step_000004.ckpt",
+        "step_000006.ckpt",
+    ]
     assert selection["metric"] == "toy_accuracy"
     cfg = run_config(run)
     held = validation_split(read_records(cfg.data.path)[0], cfg.data.val_size, cfg.data.seed)[1]
@@ -317,14 +349,21 @@ def test_checkpoint_selection_uses_the_validation_split(run, tmp_path):
     bound = max(best["length_ratio"] * 0.999, 1e-9)
     fitting = [c for c in selection["checkpoints"] if c["length_ratio"] <= bound]
     expected = max(fitting, key=lambda c: (c["toy_accuracy"], -c["step"])) if fitting else None
-    rows = [{k: c[k] for k in ("checkpoint", "step", "path", "toy_accuracy", "length_ratio")} for c in selection["checkpoints"]]
+    rows = [
+        {k: c[k] for k in ("checkpoint", "step", "path", "toy_accuracy", "length_ratio")}
+        for c in selection["checkpoints"]
+    ]
     chosen = pick_best(rows, "toy_accuracy", "length_ratio", bound)
     assert (chosen and chosen["path"]) == (expected and expected["path"])
 
 
 def test_pick_best_hand_rows():
-    rows = [{"step": 1, "rougeL": 0.5, "length_ratio": 1.4}, {"step": 2, "rougeL": 0.4, "length_ratio": 1.1},
-            {"step": 3, "rougeL": 0.4, "length_ratio": 0.9}, {"step": 4, "rougeL": float("nan"), "length_ratio": 1.0}]
+    rows = [
+        {"step": 1, "rougeL": 0.5, "length_ratio": 1.4},
+        {"step": 2, "rougeL": 0.4, "length_ratio": 1.1},
+        {"step": 3, "rougeL": 0.4, "length_ratio": 0.9},
+        {"step": 4, "rougeL": float("nan"), "length_ratio": 1.0},
+    ]
     assert pick_best(rows, "rougeL", "length_ratio", None)["step"] == 1
     assert pick_best(rows, "rougeL", "length_ratio", 1.25)["step"] == 2  # tie: the earlier step
     assert [r["eligible"] for r in rows] == [False, True, True, False]
@@ -345,8 +384,9 @@ def test_init_spec_rebuilds_the_runs_initial_student(run):
 
 def test_missing_key_is_a_one_line_error_before_any_work(run, tmp_path):
     with ChatServer() as srv:
-        proc = run_entry("eval.py", f"paths.log_dir={tmp_path}", f"models={{a: '{run}'}}", *judge_args(srv),
-                         env={KEY_ENV: ""})
+        proc = run_entry(
+            "eval.py", f"paths.log_dir={tmp_path}", f"models={{a: '{run}'}}", *judge_args(srv), env={KEY_ENV: ""}
+        )
         assert_one_line_error(proc, KEY_ENV)
         assert not srv.requests
     assert not (tmp_path / "eval" / "cache" / "students").exists()  # nothing generated
@@ -366,17 +406,20 @@ def test_bad_model_specs_name_the_key(run, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- unit tests
-@pytest.mark.parametrize("text, expected", [
-    ("8 7\nbecause", (8.0, 7.0)),
-    ("\n  **9, 6.5**  \nwhy", (9.0, 6.5)),
-    ("Assistant 1: 8\nAssistant 2: 7", None),  # not a line of two scores
-    ("8,7", (8.0, 7.0)),
-    ("8 7 6", None),
-    ("8\n7", None),
-    ("11 3", None),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8 7\nbecause", (8.0, 7.0)),
+        ("\n  **9, 6.5**  \nwhy", (9.0, 6.5)),
+        ("Assistant 1: 8\nAssistant 2: 7", None),  # not a line of two scores
+        ("8,7", (8.0, 7.0)),
+        ("8 7 6", None),
+        ("8\n7", None),
+        ("11 3", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_parse_verdict(text, expected):
     assert parse_verdict(text) == expected
 
@@ -387,7 +430,9 @@ def test_ngram_f1_hand_values():
     assert ngram_f1(pred, ref, 2) == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))  # only "a b"
     assert ngram_f1(pred, ref, 3) == 0.0
     assert ngram_f1(pred, ref, 6) is None  # the reference has no 6-gram
-    assert ngram_f1("a a a".split(), "a b".split(), 1) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # clipped
+    assert ngram_f1("a a a".split(), "a b".split(), 1) == pytest.approx(
+        2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2)
+    )  # clipped
 
 
 def test_length_control_hand_values():

@@ -66,7 +66,9 @@ def test_a_folder_without_finished_jobs_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "gad.analysis.evidence", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gad.analysis.evidence", str(tmp_path)], capture_output=True, text=True
+    )
     assert_one_line_error(proc, "no finished jobs")
 
 

@@ -90,7 +90,9 @@ def test_a_consolidated_fsdp_checkpoint_resumes_exactly_under_ddp(runs, tmp_path
 
 def test_lora_adapters_train_under_fsdp(tmp_path):
     # peft's generate() bypasses its wrapper's forward, so the wrapped model must be the FSDP root.
-    run = train(tmp_path, "trainer=fsdp_cpu", "debug=[fast,ranks]", "model.lora.generator=true", "model.lora.discriminator=true")
+    run = train(
+        tmp_path, "trainer=fsdp_cpu", "debug=[fast,ranks]", "model.lora.generator=true", "model.lora.discriminator=true"
+    )
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["parameters"] == ranks[1]["parameters"]
     exported = student(run)

@@ -48,8 +48,10 @@ def imported(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> s
 def import_graph() -> dict[str, set[str]]:
     paths = {module_name(p): p for p in (SRC / "gad").rglob("*.py")}
     modules = set(paths)
-    return {name: imported(ast.parse(path.read_text(encoding="utf-8")), name, path.name == "__init__.py", modules)
-            for name, path in paths.items()}
+    return {
+        name: imported(ast.parse(path.read_text(encoding="utf-8")), name, path.name == "__init__.py", modules)
+        for name, path in paths.items()
+    }
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -12,12 +12,12 @@ import textwrap
 import pytest
 from conftest import ROOT, fast_overrides
 
-BUILD_RACE = textwrap.dedent('''
+BUILD_RACE = textwrap.dedent("""
     import sys, time
     import torch.distributed as dist
     from omegaconf import OmegaConf
     from gad.models import load_tokenizer
-    from gad.teachers import build_teacher
+    from gad.kd_teachers import build_teacher
 
     rank, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -31,7 +31,7 @@ BUILD_RACE = textwrap.dedent('''
     dist.barrier()
     dist.destroy_process_group()
     print("loaded", flush=True)
-''')
+""")
 
 
 def free_port() -> int:
@@ -47,9 +47,25 @@ def test_two_ranks_building_the_toy_teacher_at_once_end_with_one_complete_folder
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD_RACE, str(rank), port, str(tmp_path),
-                               str(ROOT / "conf" / "scale" / "toy_kd.yaml"), str(ROOT / "data" / "toy" / "tokenizer")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BUILD_RACE,
+                str(rank),
+                port,
+                str(tmp_path),
+                str(ROOT / "conf" / "scale" / "toy_kd.yaml"),
+                str(ROOT / "data" / "toy" / "tokenizer"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "loaded" in out, err[-2000:]
@@ -60,16 +76,25 @@ def test_two_ranks_building_the_toy_teacher_at_once_end_with_one_complete_folder
 
 
 def test_an_unfinished_teacher_folder_is_rebuilt_not_trusted(tmp_path):
-    from gad.models import load_tokenizer
-    from gad.teachers.toy import ensure_teacher_model
     from omegaconf import OmegaConf
+
+    from gad.models import load_tokenizer
+    from gad.toy.kd_teacher import ensure_teacher_model
 
     lines = (ROOT / "data" / "toy" / "train.jsonl").read_text().splitlines()[:40]
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
     config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "scale" / "toy_kd.yaml").method.teacher.build.config)
-    recipe = {"data": str(tmp_path / "dump.jsonl"), "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
-              "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
+    recipe = {
+        "data": str(tmp_path / "dump.jsonl"),
+        "config": config,
+        "steps": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "max_prompt_tokens": 64,
+        "max_response_tokens": 12,
+        "seed": 0,
+    }
     folder = tmp_path / "teacher"
     tok.save_pretrained(folder)  # what the DDP race used to leave: the tokenizer, no config, no weights
     ensure_teacher_model(str(folder), tok, recipe)
@@ -79,8 +104,14 @@ def test_an_unfinished_teacher_folder_is_rebuilt_not_trusted(tmp_path):
 # ------------------------------------------------------------ KD's gradients under DDP
 
 KD = fast_overrides("method.") + [
-    "method=kd", "method.steps=3", "method.alpha_warmup_steps=0", "method.micro_batch_size=2",
-    "method.teacher.build.steps=2", "callbacks.rollout_samples=null", "trainer=ddp_cpu", "debug=ranks",
+    "method=kd",
+    "method.steps=3",
+    "method.alpha_warmup_steps=0",
+    "method.micro_batch_size=2",
+    "method.teacher.build.steps=2",
+    "callbacks.rollout_samples=null",
+    "trainer=ddp_cpu",
+    "debug=ranks",
 ]
 
 
@@ -93,10 +124,24 @@ def kd_runs(tmp_path_factory):
     toy teacher (2 fitting steps), as on a fresh checkout."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     logs = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
-    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), f"paths.log_dir={logs[name]}",
-                                     f"paths.cache_dir={logs[name]}/cache", *KD, *variant],
-                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, variant in VARIANTS.items()}
+    procs = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "src" / "train.py"),
+                f"paths.log_dir={logs[name]}",
+                f"paths.cache_dir={logs[name]}/cache",
+                *KD,
+                *variant,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, variant in VARIANTS.items()
+    }
     results = {name: (proc, *proc.communicate(timeout=600)) for name, proc in procs.items()}
     return logs, results
 

@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 
 from gad import kd_losses
 from gad.data.datamodule import DistillDataModule
+from gad.kd_teachers import build_teacher
+from gad.kd_teachers.local import listed_topk
 from gad.losses import masked_sum
 from gad.methods import SeqKDModule
 from gad.methods.kd import KDModule, at_tokens
 from gad.methods.optim import warmup_schedule
 from gad.models import load_student, load_tokenizer
-from gad.teachers import build_teacher
-from gad.teachers.local import listed_topk
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").student.config)
@@ -178,8 +178,16 @@ def world(tmp_path_factory):
     teacher_dir = tmp_path_factory.mktemp("teacher")
     load_student(config={**TINY, "num_hidden_layers": 1, "initializer_range": 0.2}).save_pretrained(teacher_dir)
     tok.save_pretrained(teacher_dir)
-    dm = DistillDataModule(tok, str(ROOT / "data" / "toy" / "train.jsonl"), max_prompt_tokens=64, max_response_tokens=12,
-                           val_size=0, batch_size=4, seed=0, cache_dir=None)
+    dm = DistillDataModule(
+        tok,
+        str(ROOT / "data" / "toy" / "train.jsonl"),
+        max_prompt_tokens=64,
+        max_response_tokens=12,
+        val_size=0,
+        batch_size=4,
+        seed=0,
+        cache_dir=None,
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     return tok, teacher_dir, batch
@@ -189,7 +197,9 @@ def make(cls, tok, **kwargs):
     torch.manual_seed(1)  # the same student weights for every module
     student = load_student(config=TINY)
     opt = lambda params: torch.optim.AdamW(params, lr=1e-3)  # noqa: E731
-    module = cls(student, tok, generator_optimizer=opt, generator_scheduler=warmup_schedule, micro_batch_size=3, **kwargs)
+    module = cls(
+        student, tok, generator_optimizer=opt, generator_scheduler=warmup_schedule, micro_batch_size=3, **kwargs
+    )
     module.manual_backward = lambda loss, *a, **k: loss.backward()  # no Trainer here
     return module
 
@@ -273,24 +283,35 @@ def test_on_policy_kl_is_on_the_students_samples(world):
     rollout = module.rollout(batch)  # the same seed and step: the same samples
     assert metrics["train/response_len"].item() == rollout.lengths.float().mean().item()
     with torch.no_grad():
-        zs = module.response_logprobs(module.generator, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                      rollout.response_mask, with_logits=True)[1]
+        zs = module.response_logprobs(
+            module.generator,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            with_logits=True,
+        )[1]
         dists = module.teacher.score(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
         kl = module.token_kl(at_tokens(dists, rollout.response_mask.bool()), zs)
     assert metrics["train/kl"].item() == pytest.approx((kl.sum() / rollout.lengths.sum()).item(), rel=1e-5)
-    assert metrics["train/loss"].item() == pytest.approx(0.5 * metrics["train/sft_loss"].item() + 0.5 * 4 * metrics["train/kl"].item(), rel=1e-6)
+    assert metrics["train/loss"].item() == pytest.approx(
+        0.5 * metrics["train/sft_loss"].item() + 0.5 * 4 * metrics["train/kl"].item(), rel=1e-6
+    )
 
 
 # ---------------------------------------------------------------- config validation
 
 
-@pytest.mark.parametrize(("spec", "fragment"), [
-    ({"kind": "remote"}, "method.teacher.kind=remote"),
-    ({"kind": "local"}, "method.teacher.path"),
-    ({"kind": "local", "path": "x", "topk": 3}, "method.teacher.topk: unknown key"),
-    ({"kind": "api", "base_url": "http://x/v1"}, "method.teacher.top_k"),
-    ({"kind": "api", "base_url": "http://x/v1", "top_k": 0}, "method.teacher.top_k=0"),
-])
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"kind": "remote"}, "method.teacher.kind=remote"),
+        ({"kind": "local"}, "method.teacher.path"),
+        ({"kind": "local", "path": "x", "topk": 3}, "method.teacher.topk: unknown key"),
+        ({"kind": "api", "base_url": "http://x/v1"}, "method.teacher.top_k"),
+        ({"kind": "api", "base_url": "http://x/v1", "top_k": 0}, "method.teacher.top_k=0"),
+    ],
+)
 def test_teacher_config_errors_name_the_key(spec, fragment):
     from gad.errors import GADError
 
@@ -306,7 +327,9 @@ def test_kd_keys_are_validated_before_anything_loads(override):
     from gad.errors import GADError
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", "method=kd", override])
+        cfg = compose(
+            "train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/gad-test-out", "method=kd", override]
+        )
     with pytest.raises(GADError, match=override.replace(".", r"\.") + " is invalid"):
         validate(cfg)
 
@@ -324,15 +347,15 @@ def test_local_teacher_with_another_tokenizer_is_refused(world, tmp_path):
     assert "does not share the student's tokenizer" in str(err.value) and "\n" not in str(err.value)
 
 
-
 @pytest.mark.parametrize("on_policy", [True, False])
 def test_packed_kd_step_equals_the_padded_one(world, on_policy):
     """method.max_tokens_per_micro_batch: the KD step's loss and gradients are the padded path's."""
     tok, teacher_dir, batch = world
     results = []
     for budget in (None, 25):
-        module = kd(tok, teacher_dir, alpha=0.5, on_policy=on_policy, teacher={"top_k": 5},
-                    max_tokens_per_micro_batch=budget)
+        module = kd(
+            tok, teacher_dir, alpha=0.5, on_policy=on_policy, teacher={"top_k": 5}, max_tokens_per_micro_batch=budget
+        )
         results.append((module.kd_backward(batch, 0.5), grads(module)))
     (want, want_g), (got, got_g) = results
     for key in ("train/kl", "train/sft_loss", "train/loss", "train/teacher_topk_mass"):

@@ -13,20 +13,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from completions_server import CompletionsServer
 from conftest import fast_overrides
+from omegaconf import OmegaConf
+
 from gad.errors import GADError
+from gad.kd_teachers import build_teacher
 from gad.models import load_student, load_tokenizer
-from gad.teachers import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_K = 5
 STEPS = 3
 KD = [
-    "method=kd", f"method.steps={STEPS}", "method.alpha=0.5", "method.alpha_warmup_steps=0", "method.on_policy=true",
-    "callbacks.rollout_samples=null", *fast_overrides("method."),  # conf/debug/fast.yaml but its GAD keys
+    "method=kd",
+    f"method.steps={STEPS}",
+    "method.alpha=0.5",
+    "method.alpha_warmup_steps=0",
+    "method.on_policy=true",
+    "callbacks.rollout_samples=null",
+    *fast_overrides("method."),  # conf/debug/fast.yaml but its GAD keys
 ]
 
 
@@ -55,8 +60,14 @@ def foreign_dir(tmp_path_factory) -> Path:
 
 def start(log_dir: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = [sys.executable, str(ROOT / "src" / "train.py"), f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache",
-            *KD, *overrides]
+    args = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        f"paths.log_dir={log_dir}",
+        f"paths.cache_dir={log_dir}/cache",
+        *KD,
+        *overrides,
+    ]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -79,8 +90,12 @@ def runs(tmp_path_factory, teacher_dir, foreign_dir):
         api = ["method.teacher.kind=api", f"method.teacher.top_k={TOP_K}", "method.teacher.request_batch_size=2"]
         procs = {
             "http": start(logs["http"], *api, f"method.teacher.base_url={server.base_url}"),
-            "local": start(logs["local"], "method.teacher.kind=local", f"method.teacher.path={teacher_dir}",
-                           f"method.teacher.top_k={TOP_K}"),
+            "local": start(
+                logs["local"],
+                "method.teacher.kind=local",
+                f"method.teacher.path={teacher_dir}",
+                f"method.teacher.top_k={TOP_K}",
+            ),
             "foreign": start(logs["foreign"], *api, f"method.teacher.base_url={foreign.base_url}"),
         }
         results = {name: finish(proc) for name, proc in procs.items()}
@@ -106,7 +121,9 @@ def test_http_teacher_trains_and_matches_the_local_teacher_on_the_first_step(run
     assert float(http[0]["train/kl"]) == pytest.approx(float(local[0]["train/kl"]), rel=1e-5, abs=1e-6)
     # the loss is the documented blend of the logged parts
     r = http[0]
-    assert float(r["train/loss"]) == pytest.approx(0.5 * float(r["train/sft_loss"]) + 0.5 * 4.0 * float(r["train/kl"]), rel=1e-5)
+    assert float(r["train/loss"]) == pytest.approx(
+        0.5 * float(r["train/sft_loss"]) + 0.5 * 4.0 * float(r["train/kl"]), rel=1e-5
+    )
     assert float(http[-1]["train/loss"]) != first_http  # it trained
 
 
@@ -126,7 +143,9 @@ def test_api_teacher_scores_equal_the_local_teacher(teacher_dir):
     tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
     local = build_teacher({"kind": "local", "path": str(teacher_dir), "top_k": TOP_K})
     local.setup(tok)
-    enc = tok(["<|im_start|>user\nAdd: 1 2<|im_end|>\n<|im_start|>assistant\n3", "Max: 3 7 1\n7"], add_special_tokens=False)
+    enc = tok(
+        ["<|im_start|>user\nAdd: 1 2<|im_end|>\n<|im_start|>assistant\n3", "Max: 3 7 1\n7"], add_special_tokens=False
+    )
     width = 3
     rows = [ids for ids in enc["input_ids"]]
     length = max(len(r) for r in rows)
@@ -156,8 +175,16 @@ def test_toy_teacher_is_fitted_once_and_its_recipe_checked(tmp_path):
     lines = (ROOT / "data" / "toy" / "train.jsonl").read_text().splitlines()[:40]
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").student.config)
-    recipe = {"data": str(tmp_path / "dump.jsonl"), "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
-              "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
+    recipe = {
+        "data": str(tmp_path / "dump.jsonl"),
+        "config": config,
+        "steps": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "max_prompt_tokens": 64,
+        "max_response_tokens": 12,
+        "seed": 0,
+    }
     spec = {"kind": "local", "path": str(tmp_path / "teacher"), "build": recipe}
     build_teacher(spec).setup(tok)  # fits and saves
     saved = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns

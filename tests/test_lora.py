@@ -18,14 +18,19 @@ from transformers import AutoModelForCausalLM
 from gad.checkpoint_io import restore_reference
 from gad.config.validate import validate
 from gad.errors import GADError
+from gad.fit import build_module
 from gad.models import plain_from_state
 from gad.runs import load_module, run_config
-from gad.train import build_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft asks it
 R = 4
-LORA = ["model.lora.generator=true", "model.lora.discriminator=true", f"model.lora.r={R}", "model.lora.alpha=8",
-        "callbacks.step_checkpoint.every_n_steps=3"]  # step_3 = the end of warm-up, step_6 = the end
+LORA = [
+    "model.lora.generator=true",
+    "model.lora.discriminator=true",
+    f"model.lora.r={R}",
+    "model.lora.alpha=8",
+    "callbacks.step_checkpoint.every_n_steps=3",
+]  # step_3 = the end of warm-up, step_6 = the end
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,11 @@ def composed(*overrides: str):
 
 def lora_params(student: nn.Module, r: int) -> int:
     """What LoRA on every Linear but the LM head implies: r x (in + out) each."""
-    return sum(r * (m.in_features + m.out_features) for name, m in student.named_modules()
-               if isinstance(m, nn.Linear) and name != "lm_head")
+    return sum(
+        r * (m.in_features + m.out_features)
+        for name, m in student.named_modules()
+        if isinstance(m, nn.Linear) and name != "lm_head"
+    )
 
 
 def test_only_the_adapters_and_the_head_trained(run):
@@ -72,8 +80,10 @@ def test_trainable_parameters_and_optimizer_state_are_the_adapters(run):
     expected = lora_params(instantiate(cfg.model.student), R)
     hidden = cfg.model.student.config.hidden_size
     module = load_module(run)
-    trainable = {name: sum(p.numel() for p in net.module.parameters() if p.requires_grad)
-                 for name, net in module.networks.items()}
+    trainable = {
+        name: sum(p.numel() for p in net.module.parameters() if p.requires_grad)
+        for name, net in module.networks.items()
+    }
     assert trainable == {"generator": expected, "discriminator": expected + hidden + 1}
     # Only those reach the optimizers (as many tensors in their groups), and AdamW holds state for them.
     tensors = [sum(p.requires_grad for p in net.module.parameters()) for net in module.networks.values()]
@@ -124,7 +134,9 @@ def test_merged_copy_leaves_the_student_untouched(run):
     assert module.generator.config.tie_word_embeddings is True
     ids = torch.tensor([[1, 70, 100, 32, 50]])
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, module.generator(input_ids=ids).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            plain(input_ids=ids).logits, module.generator(input_ids=ids).logits, rtol=0, atol=1e-5
+        )
 
 
 def test_resume_with_adapters_ends_with_the_same_parameters(run, tmp_path):
@@ -146,8 +158,12 @@ def test_seqkd_adapts_its_generator_only():
 
 
 def test_adapters_get_gradients_under_gradient_checkpointing():
-    cfg = composed("model.lora.generator=true", "model.lora.discriminator=true", f"model.lora.r={R}",
-                   "model.student.gradient_checkpointing=true")
+    cfg = composed(
+        "model.lora.generator=true",
+        "model.lora.discriminator=true",
+        f"model.lora.r={R}",
+        "model.student.gradient_checkpointing=true",
+    )
     module = build_module(cfg).train()
     ids = torch.tensor([[1, 70, 100, 32, 50, 51, 258, 2, 80]])
     g = module.generator(input_ids=ids).logits.square().mean()
@@ -160,11 +176,14 @@ def test_adapters_get_gradients_under_gradient_checkpointing():
         assert any(p.grad.abs().sum() > 0 for n, p in trained if "lora_B" in n), name  # B = 0 at init: A's grad is 0
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("+model.lora.rank=8", "model.lora.rank: unknown key"),
-    ("model.lora.r=0", "model.lora.r=0 is invalid"),
-    ("model.lora.generator=yes", "model.lora.generator=yes is invalid"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("+model.lora.rank=8", "model.lora.rank: unknown key"),
+        ("model.lora.r=0", "model.lora.r=0 is invalid"),
+        ("model.lora.generator=yes", "model.lora.generator=yes is invalid"),
+    ],
+)
 def test_bad_lora_settings_name_the_key(override, fragment):
     with pytest.raises(GADError, match=fragment):
         validate(composed(override))
@@ -177,6 +196,7 @@ def test_missing_peft_is_one_line_naming_the_key(tmp_path, monkeypatch):
     fake = tmp_path / "site" / "peft"  # the same from the command line, with peft unimportable
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('peft is hidden by this test')\n")
-    proc = run_entry("train.py", "model.lora.generator=true", f"paths.log_dir={tmp_path}",
-                     env={"PYTHONPATH": str(fake.parent)})
+    proc = run_entry(
+        "train.py", "model.lora.generator=true", f"paths.log_dir={tmp_path}", env={"PYTHONPATH": str(fake.parent)}
+    )
     assert_one_line_error(proc, "model.lora.generator=true", 'pip install -e ".[peft]"')

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from test_analysis import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +41,15 @@ def test_notebook_executes_headless(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # "python3" is ipykernel's native kernel; jupyter_client starts it with this interpreter (sys.executable).
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     outputs = {cell.id: cell.outputs for cell in nb.cells if cell.cell_type == "code"}
-    text = {k: "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in v) for k, v in outputs.items()}
+    text = {
+        k: "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in v) for k, v in outputs.items()
+    }
     assert str(run_dir) in text["setup"] and "adversarial phase from step 5" in text["setup"]
     for figure_cell in ("curves", "hist", "hack-corr", "hack-len"):
         assert any("image/png" in o.get("data", {}) for o in outputs[figure_cell]), figure_cell

@@ -35,12 +35,16 @@ def test_packed_rows_give_the_padded_outputs_and_gradients_and_stay_apart():
     torch.testing.assert_close(packed, padded, atol=1e-12, rtol=1e-10)
     weight = torch.randn(packed.shape, dtype=torch.float64)
     params = list(model.parameters())
-    for a, b in zip(torch.autograd.grad((padded * weight).sum(), params), torch.autograd.grad((packed * weight).sum(), params)):
+    for a, b in zip(
+        torch.autograd.grad((padded * weight).sum(), params), torch.autograd.grad((packed * weight).sum(), params)
+    ):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
     # A trunk's hidden states, laid out as the padded forward's (the discriminator reads them).
     trunk = model.base_model
     valid = torch.cat([torch.ones(12, 1), rows[3]], dim=1).bool()
-    torch.testing.assert_close(packed_forward_after_prompt(trunk, *rows)[valid], forward_after_prompt(trunk, *rows)[valid])
+    torch.testing.assert_close(
+        packed_forward_after_prompt(trunk, *rows)[valid], forward_after_prompt(trunk, *rows)[valid]
+    )
     # No row sees another: changing row 0's tokens changes only row 0's logits.
     changed = [x.clone() for x in rows]
     changed[2][0] = (changed[2][0] + 1) % 256
@@ -53,8 +57,14 @@ def test_packed_rows_give_the_padded_outputs_and_gradients_and_stay_apart():
 def gad_step(budget, *overrides):
     """One adversarial GAD step in float64 (G with PPO + k3 KL to a reference that differs from it, and
     alpha x CE): D's scores, the metrics and both networks' gradients, plus the micro-batches' token counts."""
-    cfg, module = gad_module("data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8",
-                             "method.alpha=0.5", f"method.max_tokens_per_micro_batch={budget}", *overrides)
+    cfg, module = gad_module(
+        "data.batch_size=4",
+        "method.num_samples=3",
+        "method.micro_batch_size=8",
+        "method.alpha=0.5",
+        f"method.max_tokens_per_micro_batch={budget}",
+        *overrides,
+    )
     module.double()
     data = instantiate(cfg.data, tokenizer=module.tokenizer)
     data.setup("fit")
@@ -67,10 +77,13 @@ def gad_step(budget, *overrides):
     grads, tokens = {}, []
     module.manual_backward = lambda loss: loss.backward()
     module.step_optimizer = lambda name: grads.setdefault(
-        name, [p.grad.clone() for p in module.networks[name].module.parameters() if p.requires_grad])
+        name, [p.grad.clone() for p in module.networks[name].module.parameters() if p.requires_grad]
+    )
     rollout = module.rollout(batch)
-    hooks = [m.register_forward_pre_hook(lambda _, args, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
-             for m in (module.generator, module.discriminator.trunk, module.reference)]
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
+        for m in (module.generator, module.discriminator.trunk, module.reference)
+    ]
     scores, d_metrics = module.discriminator_step(batch, rollout, update=True)
     g_metrics = module.policy_step(batch, rollout, rewards=scores.student)
     for hook in hooks:

@@ -12,14 +12,24 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from gad.discriminator import Discriminator
+from gad.fit import build_module
 from gad.models import load_student
 from gad.prompt_sharing import can_share_prompt, forward_after_prompt
 from gad.rollout import generation_config, sample
-from gad.train import build_module
 
-TINY = dict(model_type="qwen2", vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-            pad_token_id=256, eos_token_id=258)
+TINY = dict(
+    model_type="qwen2",
+    vocab_size=259,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+    pad_token_id=256,
+    eos_token_id=258,
+)
 PAD = 256
 
 
@@ -109,8 +119,12 @@ def gad_module(*overrides: str):
 @pytest.mark.parametrize("micro_batch, checkpointing, grouped", [(8, False, True), (2, False, False), (8, True, False)])
 def test_generator_micro_batches_hold_whole_groups_only_when_sharing(micro_batch, checkpointing, grouped):
     """A group larger than method.micro_batch_size is never forced into one forward (memory stays as configured)."""
-    _, module = gad_module("method.num_samples=3", f"method.micro_batch_size={micro_batch}", PADDED,
-                           f"model.student.gradient_checkpointing={checkpointing}")
+    _, module = gad_module(
+        "method.num_samples=3",
+        f"method.micro_batch_size={micro_batch}",
+        PADDED,
+        f"model.student.gradient_checkpointing={checkpointing}",
+    )
     module.train()
     rollout = module.rollout({"prompt_ids": torch.tensor([[5, 6, 7]] * 4), "prompt_mask": torch.ones(4, 3).long()})
     assert module.shares_prompt(module.generator) is grouped
@@ -123,8 +137,9 @@ def test_generator_micro_batches_hold_whole_groups_only_when_sharing(micro_batch
 def gad_step(share: bool):
     """One adversarial GAD step on the toy world from fixed weights: D's scores, the metrics, and
     each network's gradients (what its optimizer would step on)."""
-    cfg, module = gad_module("data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8", PADDED,
-                             f"method.share_prompt={share}")
+    cfg, module = gad_module(
+        "data.batch_size=4", "method.num_samples=3", "method.micro_batch_size=8", PADDED, f"method.share_prompt={share}"
+    )
     data = instantiate(cfg.data, tokenizer=module.tokenizer)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -134,7 +149,8 @@ def gad_step(share: bool):
     grads = {}
     module.manual_backward = lambda loss: loss.backward()
     module.step_optimizer = lambda name: grads.setdefault(
-        name, [p.grad for p in module.networks[name].module.parameters() if p.requires_grad])
+        name, [p.grad for p in module.networks[name].module.parameters() if p.requires_grad]
+    )
     rollout = module.rollout(batch)
     scores, d_metrics = module.discriminator_step(batch, rollout, update=True)
     g_metrics = module.policy_step(batch, rollout, rewards=scores.student)
@@ -161,8 +177,18 @@ def test_a_rollout_with_the_prompt_prefilled_once_samples_what_the_plain_one_doe
     rollouts = []
     for share in (False, True):
         torch.manual_seed(1)
-        rollouts.append(sample(model, prompt_ids, prompt_mask, num_samples=4, config=config, eos_ids=torch.tensor([258]),
-                               micro_batch_size=8, share_prompt=share))
+        rollouts.append(
+            sample(
+                model,
+                prompt_ids,
+                prompt_mask,
+                num_samples=4,
+                config=config,
+                eos_ids=torch.tensor([258]),
+                micro_batch_size=8,
+                share_prompt=share,
+            )
+        )
     plain, shared = rollouts
     assert torch.equal(shared.response_ids, plain.response_ids) and torch.equal(shared.prompt_ids, plain.prompt_ids)
     assert plain.response_ids.size(0) == 12 and len({tuple(r) for r in plain.response_ids.tolist()}) > 1
@@ -177,5 +203,13 @@ def test_sharing_and_rollouts_use_the_current_cache_api():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         forward_after_prompt(model, *rows, group_size=4, logits_to_keep=rows[2].size(1) + 1)
-        sample(model, rows[0][::4], rows[1][::4], num_samples=4, config=config, eos_ids=torch.tensor([258]),
-               micro_batch_size=8, share_prompt=True)
+        sample(
+            model,
+            rows[0][::4],
+            rows[1][::4],
+            num_samples=4,
+            config=config,
+            eos_ids=torch.tensor([258]),
+            micro_batch_size=8,
+            share_prompt=True,
+        )

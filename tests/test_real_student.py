@@ -25,7 +25,7 @@ from gad.config.validate import validate
 from gad.data import DistillDataModule
 from gad.errors import GADError
 from gad.models import load_student, load_tokenizer
-from gad.teacher.collect import plan_from_config
+from gad.teacher_data.collect import plan_from_config
 
 SMOLLM_VOCAB = 49152  # SmolLM2's tokenizer (the toy byte tokenizer has 259 tokens)
 
@@ -45,26 +45,47 @@ def dump(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dump") / "chat.jsonl"
     with open(path, "w") as fh:
         for i, (prompt, response) in enumerate(CHAT):
-            fh.write(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": prompt}], "response": response}) + "\n")
+            fh.write(
+                json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": prompt}], "response": response})
+                + "\n"
+            )
     return path
 
 
 def tiny(smollm2: Path, dump: Path) -> list[str]:
     """2 prompts x 2 samples x 8 new tokens; no per-step checkpoints unless a test asks (each GAD one is ~3.8 GB)."""
-    return ["model=smollm2-135m", f"model.student.name_or_path={smollm2}", "data=dump", f"data.path={dump}",
-            "data.batch_size=2", "data.max_response_tokens=8", "data.val_size=2",
-            "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks.progress_bar=null", "callbacks.rollout_samples=null", "callbacks.summary.figures=false"]
+    return [
+        "model=smollm2-135m",
+        f"model.student.name_or_path={smollm2}",
+        "data=dump",
+        f"data.path={dump}",
+        "data.batch_size=2",
+        "data.max_response_tokens=8",
+        "data.val_size=2",
+        "trainer.val_check_interval=1000",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
+        "callbacks.rollout_samples=null",
+        "callbacks.summary.figures=false",
+    ]
 
 
-GAD = ["method.num_samples=2", "method.warmup_steps=1", "method.d_only_steps=0", "method.adversarial_steps=2",
-       "callbacks.step_checkpoint.every_n_steps=2"]
+GAD = [
+    "method.num_samples=2",
+    "method.warmup_steps=1",
+    "method.d_only_steps=0",
+    "method.adversarial_steps=2",
+    "callbacks.step_checkpoint.every_n_steps=2",
+]
 
 
 def train(log_dir: Path, *overrides: str) -> Path:
     """conftest's `train` with a longer limit: a GAD checkpoint of this student is ~3.8 GB, and this shared
     machine has taken minutes to write a few of them."""
-    proc = run_entry("train.py", f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *overrides, timeout=1200)
+    proc = run_entry(
+        "train.py", f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *overrides, timeout=1200
+    )
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return sorted((log_dir / "train" / "runs").iterdir())[-1]
 
@@ -109,8 +130,16 @@ def test_exported_student_is_smollm2_with_its_own_tokenizer(gad_run, smollm2):
 
 
 def test_eval_on_the_exported_student(gad_run, dump, tmp_path):
-    proc = run_entry("eval.py", f"paths.log_dir={tmp_path}", "progress=false", f"models={{gad: '{gad_run / 'student'}'}}",
-                     f"prompt_sets={{chat: '{dump}'}}", "limit=2", "generation.max_new_tokens=8", "plot=false")
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}",
+        "progress=false",
+        f"models={{gad: '{gad_run / 'student'}'}}",
+        f"prompt_sets={{chat: '{dump}'}}",
+        "limit=2",
+        "generation.max_new_tokens=8",
+        "plot=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = Path(re.search(r"^outputs: (.+)$", proc.stdout, re.M).group(1))
     rows = json.loads((out / "summary.json").read_text())["rows"]
@@ -120,8 +149,10 @@ def test_eval_on_the_exported_student(gad_run, dump, tmp_path):
 
 def test_discriminator_scores_pairs(gad_run):
     scorer = load_discriminator(gad_run)
-    pairs = [("What is the capital of France?", "The capital of France is Paris."),
-             ("What is the capital of France?", "Bananas are yellow.")]
+    pairs = [
+        ("What is the capital of France?", "The capital of France is Paris."),
+        ("What is the capital of France?", "Bananas are yellow."),
+    ]
     scores = scorer.score(pairs)
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
     assert scorer.score(pairs[::-1], batch_size=1) == pytest.approx(scores[::-1], abs=1e-5)
@@ -136,18 +167,36 @@ def test_seqkd(smollm2, dump, tmp_path):
 
 def test_kd_with_smollm2_as_its_own_local_teacher(smollm2, dump, tmp_path):
     # The teacher is the student's starting point: at step 1 the KL between them is ~0.
-    run = train(tmp_path, *tiny(smollm2, dump), "method=kd", "method.steps=2", "method.alpha_warmup_steps=0",
-                "method.teacher.kind=local", f"method.teacher.path={smollm2}", "method.samples_per_prompt=2",
-                "callbacks.step_checkpoint=null")
+    run = train(
+        tmp_path,
+        *tiny(smollm2, dump),
+        "method=kd",
+        "method.steps=2",
+        "method.alpha_warmup_steps=0",
+        "method.teacher.kind=local",
+        f"method.teacher.path={smollm2}",
+        "method.samples_per_prompt=2",
+        "callbacks.step_checkpoint=null",
+    )
     rows = steps(run)
     assert len(rows) == 2 and all(math.isfinite(float(r["train/loss"])) for r in rows)
     assert 0 <= float(rows[0]["train/kl"]) < 1e-4 and float(rows[0]["train/sft_loss"]) > 0
 
 
 def test_lora_on_both_networks(smollm2, dump, tmp_path):
-    run = train(tmp_path, *tiny(smollm2, dump), "method.num_samples=2", "method.warmup_steps=1", "method.d_only_steps=0",
-                "method.adversarial_steps=1", "model.lora.generator=true", "model.lora.discriminator=true",
-                "model.lora.r=4", "method.generator_optimizer.lr=1e-3", "callbacks.step_checkpoint=null")
+    run = train(
+        tmp_path,
+        *tiny(smollm2, dump),
+        "method.num_samples=2",
+        "method.warmup_steps=1",
+        "method.d_only_steps=0",
+        "method.adversarial_steps=1",
+        "model.lora.generator=true",
+        "model.lora.discriminator=true",
+        "model.lora.r=4",
+        "method.generator_optimizer.lr=1e-3",
+        "callbacks.step_checkpoint=null",
+    )
     assert [float(r["train/phase"]) for r in steps(run)] == [0, 1]
     exported = AutoModelForCausalLM.from_pretrained(run / "student")
     assert not [n for n, _ in exported.named_parameters() if "lora" in n]  # a plain folder, adapters merged in
@@ -179,8 +228,10 @@ def test_the_entry_point_stops_before_loading_weights(smollm2, tmp_path):
     assert not (tmp_path / "train").exists() or not list((tmp_path / "train").rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize("model, student", [("smollm2-135m", "/.cache/models/SmolLM2-135M-Instruct-Q4_1"),
-                                            ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct")])
+@pytest.mark.parametrize(
+    "model, student",
+    [("smollm2-135m", "/.cache/models/SmolLM2-135M-Instruct-Q4_1"), ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct")],
+)
 def test_a_real_model_preset_on_toy_data_keeps_real_sizes_and_its_tokenizer(model, student):
     cfg = composed(f"model={model}", "data=toy")
     validate(cfg)
@@ -221,12 +272,21 @@ def test_system_prompt_policy_with_smollm2_template(smollm2, dump, tmp_path, pol
     assert (SMOLLM_DEFAULT in tok.decode(rows[0]["prompt_ids"])) == injected
     # collect: what the teacher is sent (recorded in each record's meta.system_prompt)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("collect", overrides=[f"prompts={dump}", f"output={tmp_path / 'out.jsonl'}", f"system_prompt={policy}",
-                                            f"system_prompt_tokenizer={smollm2}"])
+        cfg = compose(
+            "collect",
+            overrides=[
+                f"prompts={dump}",
+                f"output={tmp_path / 'out.jsonl'}",
+                f"system_prompt={policy}",
+                f"system_prompt_tokenizer={smollm2}",
+            ],
+        )
     sent = plan_from_config(cfg).teacher.system_prompt
     assert (sent is not None and SMOLLM_DEFAULT in sent) == injected
     # evaluation: the same rendering
-    rendered = tok.apply_chat_template(with_system_prompt([{"role": "user", "content": "Hi"}], policy, tok), tokenize=False)
+    rendered = tok.apply_chat_template(
+        with_system_prompt([{"role": "user", "content": "Hi"}], policy, tok), tokenize=False
+    )
     assert (SMOLLM_DEFAULT in rendered) == injected
 
 
@@ -234,7 +294,9 @@ def test_an_explicit_system_prompt_and_a_conversation_s_own_one(smollm2):
     tok = load_tokenizer(student=str(smollm2))
     own = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
     assert with_system_prompt(own, "template_default", tok) == own  # a conversation's own system turn wins
-    text = tok.apply_chat_template(with_system_prompt([{"role": "user", "content": "Hi"}], "Answer in French.", tok), tokenize=False)
+    text = tok.apply_chat_template(
+        with_system_prompt([{"role": "user", "content": "Hi"}], "Answer in French.", tok), tokenize=False
+    )
     assert "Answer in French." in text and SMOLLM_DEFAULT not in text
     assert system_prompt_sent("Answer in French.") == "Answer in French." and system_prompt_sent("none") is None
 

@@ -9,9 +9,19 @@ from gad.losses import response_mask
 from gad.models import load_student
 from gad.rollout import decode_row_steps, generation_config, sample
 
-TINY = dict(model_type="qwen2", vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-            pad_token_id=256, eos_token_id=258)
+TINY = dict(
+    model_type="qwen2",
+    vocab_size=259,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+    pad_token_id=256,
+    eos_token_id=258,
+)
 PAD = 256
 # A random model rarely picks one given token: with an eighth of the vocabulary ending a response
 # (and weights large enough that greedy decoding does not loop on one token), rows end after a few
@@ -30,8 +40,17 @@ def rollout(model, segment, *, greedy=False, seed=1, share=False, call_rows=8, m
     config = generation_config(max_new_tokens=max_new_tokens, eos_ids=EOS, pad_id=PAD, temperature=0.9, greedy=greedy)
     torch.manual_seed(seed)
     ids, mask = prompts()
-    return sample(model, ids, mask, num_samples=3, config=config, eos_ids=torch.tensor(EOS), micro_batch_size=call_rows,
-                  share_prompt=share, segment_tokens=segment)
+    return sample(
+        model,
+        ids,
+        mask,
+        num_samples=3,
+        config=config,
+        eos_ids=torch.tensor(EOS),
+        micro_batch_size=call_rows,
+        share_prompt=share,
+        segment_tokens=segment,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +82,23 @@ def test_segments_sample_softmax_of_logits_over_t(model):
     config = generation_config(max_new_tokens=2, eos_ids=[258], pad_id=PAD, temperature=0.9)
     ids, mask = prompts(rows=1)
     torch.manual_seed(3)
-    out = sample(model, ids, mask, num_samples=4000, config=config, eos_ids=torch.tensor([258]), micro_batch_size=4000,
-                 segment_tokens=1)
+    out = sample(
+        model,
+        ids,
+        mask,
+        num_samples=4000,
+        config=config,
+        eos_ids=torch.tensor([258]),
+        micro_batch_size=4000,
+        segment_tokens=1,
+    )
     first = torch.mode(out.response_ids[:, 0]).values
     rows = out.response_ids[out.response_ids[:, 0] == first]
     seq = torch.cat([ids, first.view(1, 1)], dim=1)
     with torch.no_grad():
-        probs = torch.softmax(model(seq, attention_mask=torch.cat([mask, mask.new_ones(1, 1)], 1)).logits[0, -1] / 0.9, -1)
+        probs = torch.softmax(
+            model(seq, attention_mask=torch.cat([mask, mask.new_ones(1, 1)], 1)).logits[0, -1] / 0.9, -1
+        )
     freq = torch.bincount(rows[:, 1], minlength=probs.numel()).double() / rows.size(0)
     assert rows.size(0) > 20
     assert (freq - probs.double()).abs().sum() < 4 * (probs.numel() / rows.size(0)) ** 0.5  # L1 within sampling noise
@@ -78,8 +107,9 @@ def test_segments_sample_softmax_of_logits_over_t(model):
 @pytest.mark.parametrize("segment", [None, 1, 3, 8])
 def test_decode_row_steps_counts_the_forwards_sample_runs(model, segment):
     rows = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: rows.append(kwargs["input_ids"].size(0)),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: rows.append(kwargs["input_ids"].size(0)), with_kwargs=True
+    )
     try:
         out = rollout(model, segment, call_rows=6)
     finally:
@@ -98,8 +128,19 @@ def _synced_rank(rank: int, port: int, results) -> None:
     outs = []
     for synced in (True, False):
         torch.manual_seed(10 + rank)
-        outs.append(sample(model, ids, mask, num_samples=2, config=config, eos_ids=torch.tensor(EOS), micro_batch_size=4,
-                           segment_tokens=3, synced_gpus=synced).response_ids)
+        outs.append(
+            sample(
+                model,
+                ids,
+                mask,
+                num_samples=2,
+                config=config,
+                eos_ids=torch.tensor(EOS),
+                micro_batch_size=4,
+                segment_tokens=3,
+                synced_gpus=synced,
+            ).response_ids
+        )
     results[rank] = (outs[0].tolist(), outs[1].tolist())
     torch.distributed.destroy_process_group()
 

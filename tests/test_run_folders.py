@@ -23,20 +23,30 @@ QUICK = [*FAST, "method.warmup_steps=2", "method.adversarial_steps=1"]
 def start_train(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "GAD_RUN_ID"}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_runs_started_at_the_same_moment_get_their_own_folders(tmp_path):
-    procs = [start_train(f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", f"seed={seed}", *QUICK)
-             for seed in (1, 2)]
+    procs = [
+        start_train(f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", f"seed={seed}", *QUICK)
+        for seed in (1, 2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     runs = sorted((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 2
     # <time>_<run id>: unique even within one second (the time alone was all the name had)
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{8}", r.name) for r in runs), [r.name for r in runs]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{8}", r.name) for r in runs), [
+        r.name for r in runs
+    ]
     assert {r.name.split("_")[-1] for r in runs}.__len__() == 2
     from omegaconf import OmegaConf
 
@@ -62,11 +72,15 @@ def test_a_second_run_forced_into_a_live_runs_folder_is_refused(tmp_path):
 
 
 def run_id_of(env: dict[str, str]) -> str:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("GAD_RUN_ID", "TORCHELASTIC", "SLURM", "MASTER_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GAD_RUN_ID", "TORCHELASTIC", "SLURM", "MASTER_"))}
     code = "from gad.run_folder import run_id; print(run_id())"
-    out = subprocess.run([sys.executable, "-c", code], env={**base, "PYTHONPATH": str(ROOT / "src"), **env},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, "PYTHONPATH": str(ROOT / "src"), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 

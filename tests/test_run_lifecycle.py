@@ -18,8 +18,12 @@ from gad.checkpoint_io import AtomicCheckpointIO, link_atomic
 from gad.errors import GADError
 
 STEPS = 12  # 3 warm-up + 9 adversarial: long enough to be signalled mid-run
-LONG = [*FAST, f"method.adversarial_steps={STEPS - 3}", "callbacks.rollout_samples.every_n_steps=1",
-        "callbacks.step_checkpoint.every_n_steps=1000"]  # no periodic save: only the stop can write last.ckpt
+LONG = [
+    *FAST,
+    f"method.adversarial_steps={STEPS - 3}",
+    "callbacks.rollout_samples.every_n_steps=1",
+    "callbacks.step_checkpoint.every_n_steps=1000",
+]  # no periodic save: only the stop can write last.ckpt
 
 
 def weights(run) -> dict[str, torch.Tensor]:
@@ -46,8 +50,14 @@ def signalled_run(log_dir, signum: int) -> tuple[subprocess.CompletedProcess, ob
     """Start a run, send `signum` once its first step has been logged, and wait for it to end."""
     args = [f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *LONG]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not list(log_dir.glob("train/runs/*/rollouts.jsonl")):  # written at the end of step 1
         assert proc.poll() is None, proc.communicate()
@@ -83,8 +93,13 @@ def test_max_steps_counts_method_steps_and_leaves_a_resumable_run(uninterrupted,
 def failing_run(log_dir, *overrides: str) -> tuple[subprocess.CompletedProcess, object]:
     """A run with tests/raise_at_step.py's RaiseAtStep among its callbacks."""
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    args = [f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *LONG,
-            "+callbacks.raise_at._target_=raise_at_step.RaiseAtStep", *overrides]
+    args = [
+        f"paths.log_dir={log_dir}",
+        f"paths.cache_dir={log_dir}/cache",
+        *LONG,
+        "+callbacks.raise_at._target_=raise_at_step.RaiseAtStep",
+        *overrides,
+    ]
     proc = run_entry("train.py", *args, env=env)
     return proc, max((log_dir / "train" / "runs").iterdir())
 
@@ -99,15 +114,24 @@ def test_an_error_between_steps_saves_the_last_step_then_fails_with_its_tracebac
 
 def test_an_error_part_way_through_a_step_keeps_the_last_completed_save(tmp_path):
     # D has stepped, G has not: those weights belong to no step, and must not become last.ckpt
-    proc, run = failing_run(tmp_path / "failed", "callbacks.step_checkpoint.every_n_steps=2",
-                            "+callbacks.raise_at.step=8", "+callbacks.raise_at.where=mid")
+    proc, run = failing_run(
+        tmp_path / "failed",
+        "callbacks.step_checkpoint.every_n_steps=2",
+        "+callbacks.raise_at.step=8",
+        "+callbacks.raise_at.where=mid",
+    )
     assert proc.returncode != 0 and "RuntimeError: planted failure in step 8" in proc.stderr
     assert "step 8 was interrupted part-way" in proc.stderr
     assert saved_step(run) == 6  # the last periodic save; step 7 completed but its weights are gone mid-step 8
     folder = run / "checkpoints"  # periodic saves: last.ckpt is step 6's bytes under a second name, written once
     assert os.path.samefile(folder / "step_000006.ckpt", folder / "last.ckpt")
     assert sorted(p.name for p in folder.iterdir()) == [  # the reference once; no temporary file left
-        "last.ckpt", "reference.pt", "step_000002.ckpt", "step_000004.ckpt", "step_000006.ckpt"]
+        "last.ckpt",
+        "reference.pt",
+        "step_000002.ckpt",
+        "step_000004.ckpt",
+        "step_000006.ckpt",
+    ]
 
 
 # ---------------------------------------------------------------- writes that cannot destroy what was there

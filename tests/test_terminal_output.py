@@ -23,7 +23,9 @@ class _Hostile(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"error": {"message": HOSTILE, "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+        body = json.dumps(
+            {"error": {"message": HOSTILE, "type": "invalid_request_error", "code": "invalid_api_key"}}
+        ).encode()
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -48,9 +50,17 @@ def _clean(text: str) -> bool:
 def test_server_error_body_is_stripped(tmp_path, hostile_server):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
-    proc = run_entry("collect.py", f"prompts={prompts}", f"output={tmp_path}/out.jsonl", f"paths.log_dir={tmp_path}/logs",
-                     f"teacher.base_url={hostile_server}", "teacher.api_key_env=GAD_TERM_TEST_KEY", "progress=false",
-                     "teacher.max_retries=0", env={"GAD_TERM_TEST_KEY": "not-a-real-key"})
+    proc = run_entry(
+        "collect.py",
+        f"prompts={prompts}",
+        f"output={tmp_path}/out.jsonl",
+        f"paths.log_dir={tmp_path}/logs",
+        f"teacher.base_url={hostile_server}",
+        "teacher.api_key_env=GAD_TERM_TEST_KEY",
+        "progress=false",
+        "teacher.max_retries=0",
+        env={"GAD_TERM_TEST_KEY": "not-a-real-key"},
+    )
     line = assert_one_line_error(proc, "401", "key rejected", "evil")
     assert _clean(proc.stdout) and _clean(proc.stderr), repr(line)
 
@@ -59,8 +69,15 @@ def test_dump_ids_in_errors_are_stripped(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     row = {"id": "x\x1b[2J\x1b]0;pwned\x07", "messages": [{"role": "user", "content": "hi"}]}
     prompts.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
-    proc = run_entry("collect.py", f"prompts={prompts}", f"output={tmp_path}/out.jsonl", f"paths.log_dir={tmp_path}/logs",
-                     "teacher.api_key_env=GAD_TERM_TEST_KEY", "progress=false", env={"GAD_TERM_TEST_KEY": "k"})
+    proc = run_entry(
+        "collect.py",
+        f"prompts={prompts}",
+        f"output={tmp_path}/out.jsonl",
+        f"paths.log_dir={tmp_path}/logs",
+        "teacher.api_key_env=GAD_TERM_TEST_KEY",
+        "progress=false",
+        env={"GAD_TERM_TEST_KEY": "k"},
+    )
     assert_one_line_error(proc, "duplicate id", "pwned")
     assert _clean(proc.stdout) and _clean(proc.stderr), repr(proc.stderr)
 

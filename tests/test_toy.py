@@ -9,8 +9,8 @@ import pytest
 
 from gad.data.records import read_records
 from gad.errors import GADError
-from gad.toy.check import accuracy, check
 from gad.toy.build import SPLIT_FILES, TOKENIZER_DIR, main
+from gad.toy.check import accuracy, check
 from gad.toy.tasks import (
     ID_RANGES,
     OOD_RANGES,
@@ -129,7 +129,7 @@ def test_shipped_splits_load_with_expected_shape(splits):
 
 
 def test_every_teacher_response_passes_its_checker(splits):
-    for name, records in splits.items():
+    for _name, records in splits.items():
         for r in records:
             meta = r["meta"]
             assert r["response"] == meta["answer"] == solve(meta["task"], meta["args"]), r["id"]
@@ -195,7 +195,9 @@ def test_tokenizer_special_tokens(tok):
     assert tok.encode("Add: 1 2") == list(b"Add: 1 2")  # one token per byte, no BOS
 
 
-@pytest.mark.parametrize("text", ["Reverse: 3 7 1", "  leading and trailing  ", "héllo wörld", "你好, 🎉!", "a\tb\n\nc", "ÿ\x00\x7f"])
+@pytest.mark.parametrize(
+    "text", ["Reverse: 3 7 1", "  leading and trailing  ", "héllo wörld", "你好, 🎉!", "a\tb\n\nc", "ÿ\x00\x7f"]
+)
 def test_tokenizer_round_trips_unicode(tok, text):
     ids = tok.encode(text, add_special_tokens=False)
     assert len(ids) == len(text.encode("utf-8"))

@@ -10,12 +10,17 @@ import pytest
 from conftest import ROOT, train
 from hydra import compose, initialize_config_dir
 
-AVAILABLE = [name for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow"))
-             if importlib.util.find_spec(package) is not None]
+AVAILABLE = [
+    name
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow"))
+    if importlib.util.find_spec(package) is not None
+]
 
 
 def needs(package: str):
-    return pytest.mark.skipif(package not in AVAILABLE, reason=f"{package} is not installed (pip install -e '.[trackers]')")
+    return pytest.mark.skipif(
+        package not in AVAILABLE, reason=f"{package} is not installed (pip install -e '.[trackers]')"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,9 @@ def test_logger_many_combines_csv_and_tensorboard():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["logger=many"])
     assert {k: v._target_ for k, v in cfg.logger.items()} == {
-        "csv": "lightning.pytorch.loggers.CSVLogger", "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger"}
+        "csv": "lightning.pytorch.loggers.CSVLogger",
+        "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
+    }
 
 
 def test_csv_log_is_still_written(run):

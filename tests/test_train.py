@@ -11,11 +11,23 @@ import torch
 from conftest import fast_overrides, train
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gad.fit import build_module
 from gad.runs import run_config
-from gad.train import build_module
 
-WATCHED = ["train/d_loss", "train/d_acc", "train/g_loss", "train/sft_loss", "train/reward_mean", "train/reward_std",
-           "train/teacher_score", "train/student_score", "train/response_len", "train/kl", "train/entropy", "val/nll"]
+WATCHED = [
+    "train/d_loss",
+    "train/d_acc",
+    "train/g_loss",
+    "train/sft_loss",
+    "train/reward_mean",
+    "train/reward_std",
+    "train/teacher_score",
+    "train/student_score",
+    "train/response_len",
+    "train/kl",
+    "train/entropy",
+    "val/nll",
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +84,9 @@ def test_rollout_samples_carry_scores(run):
 def test_exported_student_loads_and_generates(run):
     tok = AutoTokenizer.from_pretrained(run / "student")
     model = AutoModelForCausalLM.from_pretrained(run / "student")
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Add: 2 3"}], add_generation_prompt=True,
-                                     return_dict=True, return_tensors="pt")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Add: 2 3"}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
     last = state(run / "checkpoints" / "last.ckpt")
@@ -83,8 +96,12 @@ def test_exported_student_loads_and_generates(run):
 @pytest.mark.parametrize("resume_at", [2, 4], ids=["from-warmup", "from-adversarial"])
 def test_resume_ends_with_the_same_parameters(run, tmp_path, resume_at):
     ckpt = run / "checkpoints" / f"step_{resume_at:06d}.ckpt"
-    resumed = train(tmp_path, f"ckpt_path={ckpt}", "callbacks.step_checkpoint.every_n_steps=1",
-                    "callbacks.rollout_samples.every_n_steps=2")
+    resumed = train(
+        tmp_path,
+        f"ckpt_path={ckpt}",
+        "callbacks.step_checkpoint.every_n_steps=1",
+        "callbacks.rollout_samples.every_n_steps=2",
+    )
     a, b = state(run / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -107,8 +124,14 @@ def _same(a, b, prefix):
 
 def test_off_policy_ablation_freezes_g_then_d(tmp_path):
     # 2 warm-up steps, then D alone on the frozen student for 2, then G alone against the frozen D for 2
-    run = train(tmp_path, "method.off_policy=true", "method.off_policy_d_steps=2", "method.warmup_steps=2",
-                "method.adversarial_steps=2", "callbacks.step_checkpoint.every_n_steps=1")
+    run = train(
+        tmp_path,
+        "method.off_policy=true",
+        "method.off_policy_d_steps=2",
+        "method.warmup_steps=2",
+        "method.adversarial_steps=2",
+        "callbacks.step_checkpoint.every_n_steps=1",
+    )
     ckpt = {k: state(run / "checkpoints" / f"step_{k:06d}.ckpt") for k in (2, 4, 6)}
     assert _same(ckpt[2], ckpt[4], "generator.") and not _same(ckpt[2], ckpt[4], "discriminator.")
     assert _same(ckpt[4], ckpt[6], "discriminator.") and not _same(ckpt[4], ckpt[6], "generator.")
@@ -117,8 +140,12 @@ def test_off_policy_ablation_freezes_g_then_d(tmp_path):
 
 
 def test_warmup_ablations_leave_their_network_idle(tmp_path):
-    run = train(tmp_path, "method.generator_warmup=false", "method.discriminator_warmup=false",
-                "callbacks.step_checkpoint.every_n_steps=3")
+    run = train(
+        tmp_path,
+        "method.generator_warmup=false",
+        "method.discriminator_warmup=false",
+        "callbacks.step_checkpoint.every_n_steps=3",
+    )
     cfg = run_config(run)
     L.seed_everything(cfg.seed, verbose=False)
     initial = build_module(cfg).state_dict()

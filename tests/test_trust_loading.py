@@ -68,8 +68,14 @@ KINDS = ["pickle", "os_system", "torch_load"]
 @pytest.mark.parametrize("kind", ["pickle", "torch_load"])  # os_system takes the same path as torch_load
 def test_eval_refuses_a_received_run(run, tmp_path, kind):
     folder, marker, named = hostile_copy(run, tmp_path, kind)
-    proc = run_entry("eval.py", f"paths.log_dir={tmp_path}/logs", "progress=false", f"models={{x: '{folder}'}}",
-                     f"prompt_sets={{id: '{ID_SPLIT}'}}", "limit=2")
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}/logs",
+        "progress=false",
+        f"models={{x: '{folder}'}}",
+        f"prompt_sets={{id: '{ID_SPLIT}'}}",
+        "limit=2",
+    )
     assert_one_line_error(proc, str(named), "refused")
     assert not marker.exists()
 
@@ -88,16 +94,28 @@ def test_load_module_and_load_discriminator_refuse(run, tmp_path, kind):
 
 def test_select_refuses_planted_checkpoints(run, tmp_path):
     folder, marker, _ = hostile_copy(run, tmp_path, "pickle")
-    proc = run_entry("eval.py", f"paths.log_dir={tmp_path}/logs", "progress=false", f"select.run={folder}",
-                     "limit=2", "select.max_length_ratio=null")
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}/logs",
+        "progress=false",
+        f"select.run={folder}",
+        "limit=2",
+        "select.max_length_ratio=null",
+    )
     assert_one_line_error(proc, str(folder / "checkpoints"), "refused", "posix.system")
     assert not marker.exists()
 
 
 def test_train_resume_refuses_a_planted_checkpoint(run, tmp_path):
     folder, marker, named = hostile_copy(run, tmp_path, "pickle")
-    proc = run_entry("train.py", f"paths.log_dir={tmp_path}/logs", f"ckpt_path={named}", "callbacks.toy_accuracy=null",
-                     "callbacks.progress_bar=null", "trainer.enable_progress_bar=false")
+    proc = run_entry(
+        "train.py",
+        f"paths.log_dir={tmp_path}/logs",
+        f"ckpt_path={named}",
+        "callbacks.toy_accuracy=null",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+    )
     assert_one_line_error(proc, str(named), "refused")
     assert not marker.exists()
 

@@ -44,7 +44,7 @@ def remove_stale_partials(dest: str | os.PathLike) -> None:
     if not dest.parent.is_dir():
         return
     for leftover in dest.parent.glob(f"{prefix}*"):
-        pid = leftover.name[len(prefix):].split("-")[0]
+        pid = leftover.name[len(prefix) :].split("-")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 

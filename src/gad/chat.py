@@ -39,8 +39,10 @@ def template_default_system(tokenizer) -> str:
         except Exception:  # a template without system turns
             bare, marked = "", ""
         head, _, tail = marked.partition(marker)
-        found = marker in marked and bare.startswith(head) and bare.endswith(tail) and len(bare) >= len(head) + len(tail)
-        _DEFAULTS[template] = bare[len(head): len(bare) - len(tail)] if found else ""
+        found = (
+            marker in marked and bare.startswith(head) and bare.endswith(tail) and len(bare) >= len(head) + len(tail)
+        )
+        _DEFAULTS[template] = bare[len(head) : len(bare) - len(tail)] if found else ""
     return _DEFAULTS[template]
 
 
@@ -55,7 +57,9 @@ def with_system_prompt(messages: list[dict], policy: str | None, tokenizer=None)
         return messages
     if policy == TEMPLATE_DEFAULT:
         if tokenizer is None:
-            raise GADError("system_prompt=template_default needs the student's tokenizer (to read its template's default)")
+            raise GADError(
+                "system_prompt=template_default needs the student's tokenizer (to read its template's default)"
+            )
         text = template_default_system(tokenizer)
         return [{"role": "system", "content": text}, *messages] if text else messages
     return [{"role": "system", "content": str(policy)}, *messages]
@@ -63,5 +67,7 @@ def with_system_prompt(messages: list[dict], policy: str | None, tokenizer=None)
 
 def system_prompt_sent(policy: str | None, tokenizer=None) -> str | None:
     """The system prompt a teacher is sent with a conversation that has none, under `policy` (None: none)."""
-    first = with_system_prompt([{"role": "user", "content": ""}], policy, tokenizer if policy == TEMPLATE_DEFAULT else None)[0]
+    first = with_system_prompt(
+        [{"role": "user", "content": ""}], policy, tokenizer if policy == TEMPLATE_DEFAULT else None
+    )[0]
     return first["content"] if first["role"] == "system" else None

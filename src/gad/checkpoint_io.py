@@ -26,7 +26,7 @@ TEMP_SUFFIX = ".tmp"
 # GAD's frozen KL reference is the generator at the end of warm-up: saved once, beside the checkpoints,
 # instead of in each (gad.callbacks.StepCheckpoint). A checkpoint says where its `reference.*` weights are:
 REFERENCE_ENTRY = "reference_weights"  # "generator": a copy of the generator's (warm-up: not used yet);
-REFERENCE_FILE = "reference.pt"        # or a file name in the checkpoint's folder
+REFERENCE_FILE = "reference.pt"  # or a file name in the checkpoint's folder
 REFERENCE_PREFIX = "reference."
 
 
@@ -60,7 +60,9 @@ def _replacing(path: Path) -> Iterator[Path]:
             tmp.unlink()
         if isinstance(err, OSError):
             reason = err.strerror or type(err).__name__
-            raise GADError(f"cannot write checkpoint {path}: {reason} (the previous file, if any, is unchanged)") from err
+            raise GADError(
+                f"cannot write checkpoint {path}: {reason} (the previous file, if any, is unchanged)"
+            ) from err
         raise
     _fsync_dir(path.parent)
 
@@ -172,22 +174,29 @@ def restore_reference(checkpoint: dict[str, Any], path: str | os.PathLike) -> di
         return checkpoint
     state = checkpoint["state_dict"]
     if where == "generator":  # in warm-up the reference is unused: start_adversarial_phase overwrites it
-        state.update({REFERENCE_PREFIX + k.removeprefix("generator."): v
-                      for k, v in list(state.items()) if k.startswith("generator.")})
+        state.update(
+            {
+                REFERENCE_PREFIX + k.removeprefix("generator."): v
+                for k, v in list(state.items())
+                if k.startswith("generator.")
+            }
+        )
         return checkpoint
     folder = Path(path).parent
     # beside the checkpoint; or, for a save outside checkpoints/ (Lightning's SLURM requeue save), in it
     file = next((f for f in (folder / where, folder / "checkpoints" / where) if f.is_file()), folder / where)
     if not file.is_file():
-        raise GADError(f"{path}: its KL reference {file} is missing (written once, beside the checkpoints, "
-                       "when warm-up ended; copy it along with the checkpoint)")
+        raise GADError(
+            f"{path}: its KL reference {file} is missing (written once, beside the checkpoints, "
+            "when warm-up ended; copy it along with the checkpoint)"
+        )
     state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
     return checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose saves stream to a temporary file in the destination folder and
-    replace the destination only once complete (set as the trainer's `plugins` by gad.train)."""
+    replace the destination only once complete (set as the trainer's `plugins` by gad.fit)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:

@@ -14,13 +14,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+import gad.run_folder  # noqa: F401  # the ${gad.run_id:} resolver of run folder names (conf/hydra/default.yaml)
 from gad.errors import exit_on_interrupt, exit_on_user_error
 
-import gad.run_folder  # noqa: F401  # the ${gad.run_id:} resolver of run folder names (conf/hydra/default.yaml)
 
-
-def start(cfg: DictConfig, body: str, *, returns_status: bool, console: bool = False, prints_run_folder: bool = False,
-          kept_on_interrupt: str = "") -> Any:
+def start(
+    cfg: DictConfig,
+    body: str,
+    *,
+    returns_status: bool,
+    console: bool = False,
+    prints_run_folder: bool = False,
+    kept_on_interrupt: str = "",
+) -> Any:
     """Run `body` ("module:function", called with `cfg`). With `returns_status` its return value is
     an exit status (non-zero: exit with it); otherwise it is handed back to Hydra (a sweeper's metric).
     `console`: third-party progress bars and info logs off unless verbose=true (gad.console);

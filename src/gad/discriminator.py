@@ -38,8 +38,13 @@ class Discriminator(nn.Module):
         return cls(trunk, student.config.get_text_config().hidden_size)
 
     def forward(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-        response_mask: torch.Tensor, group_size: int = 1, packed: bool = False,
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        group_size: int = 1,
+        packed: bool = False,
     ) -> torch.Tensor:
         """Scores [rows] of `[pad.. prompt | response ..pad]` rows, read at each last response token.
 

@@ -97,11 +97,18 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
     gathers every save into that one file on rank 0 instead.
     """
 
-    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True,
-                 reshard_after_forward: bool = True):
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend)
+    def __init__(
+        self,
+        process_group_backend: str | None = None,
+        save_distributed_checkpoint: bool = True,
+        reshard_after_forward: bool = True,
+    ):
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+        )
         self.reshard_after_forward = reshard_after_forward
 
     def _configure_launcher(self) -> None:
@@ -173,7 +180,9 @@ def optimizer_state_by_name(state: dict, optimizer: torch.optim.Optimizer, model
     rename = dict(zip(saved, current))
     return {
         "state": {rename[key]: value for key, value in state["state"].items()},
-        "param_groups": [{**group, "params": [rename[key] for key in group["params"]]} for group in state["param_groups"]],
+        "param_groups": [
+            {**group, "params": [rename[key] for key in group["params"]]} for group in state["param_groups"]
+        ],
     }
 
 

@@ -131,12 +131,24 @@ def refuse_secrets(overrides: Sequence[str]) -> None:
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
         section, _, leaf = key.rpartition(".")
-        knob = f"{section}.api_key_env" if section and "api_key" in leaf else "teacher.api_key_env (judge.api_key_env for the judge)"
-        advice = (f"put the key in an environment variable and name that variable with {knob} "
-                  "(command-line values are saved in the run's .hydra/ files)")
+        knob = (
+            f"{section}.api_key_env"
+            if section and "api_key" in leaf
+            else "teacher.api_key_env (judge.api_key_env for the judge)"
+        )
+        advice = (
+            f"put the key in an environment variable and name that variable with {knob} "
+            "(command-line values are saved in the run's .hydra/ files)"
+        )
         if leaf.endswith("api_key"):
             raise GADError(f"{key}: an API key is never passed on the command line: {advice}")
-        if leaf.endswith("api_key_env") and not all(_ENV_NAME.match(v.strip(" '\"")) for v in value.split(",") if v.strip(" '\"")):
-            raise GADError(f"{key} must be the NAME of an environment variable (like OPENAI_API_KEY), not a key: {advice}")
+        if leaf.endswith("api_key_env") and not all(
+            _ENV_NAME.match(v.strip(" '\"")) for v in value.split(",") if v.strip(" '\"")
+        ):
+            raise GADError(
+                f"{key} must be the NAME of an environment variable (like OPENAI_API_KEY), not a key: {advice}"
+            )
         if _KEY_SHAPED.search(value):
-            raise GADError(f"{key}: the value looks like an API key, which is never passed on the command line: {advice}")
+            raise GADError(
+                f"{key}: the value looks like an API key, which is never passed on the command line: {advice}"
+            )

@@ -116,7 +116,10 @@ def student_buckets(student_logits: torch.Tensor, ids: torch.Tensor, valid: torc
 
 
 def topk_kl(
-    teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor, student_logits: torch.Tensor, temperature: float,
+    teacher_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token softened KL over the teacher's listed tokens plus the remaining mass (module doc): -> [...]."""

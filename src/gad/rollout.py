@@ -18,19 +18,38 @@ from transformers import GenerationConfig, PreTrainedModel
 from gad.losses import response_mask
 from gad.prompt_sharing import prompt_cache
 
-NEUTRAL_WARPERS = dict(top_k=0, typical_p=1.0, min_p=None, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                       repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
+NEUTRAL_WARPERS = dict(
+    top_k=0,
+    typical_p=1.0,
+    min_p=None,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    num_beams=1,
+)
 
 
 def generation_config(
-    *, max_new_tokens: int, eos_ids: list[int], pad_id: int, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
+    *,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
 ) -> GenerationConfig:
     sampling = {} if greedy else dict(temperature=temperature, top_p=top_p)
     # top_k acts only when sampling; set on a greedy config, transformers warns that it is ignored.
     warpers = {k: v for k, v in NEUTRAL_WARPERS.items() if not (greedy and k == "top_k")}
     return GenerationConfig(
-        do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-        use_cache=True, **sampling, **warpers,
+        do_sample=not greedy,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+        **sampling,
+        **warpers,
     )
 
 
@@ -99,7 +118,11 @@ def sample(
             chunks.append(generate_segmented(model, ids, mask, cache, config, eos_ids, segment_tokens, synced_gpus))
             continue
         out = model.generate(
-            input_ids=ids, attention_mask=mask, cache=cache, generation_config=config, synced_gpus=synced_gpus,
+            input_ids=ids,
+            attention_mask=mask,
+            cache=cache,
+            generation_config=config,
+            synced_gpus=synced_gpus,
         )
         chunks.append(out[:, width:])
     model.train(was_training)
@@ -108,8 +131,14 @@ def sample(
 
 
 def generate_segmented(
-    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache, config: GenerationConfig,
-    eos_ids: torch.Tensor, segment: int, synced_gpus: bool = False,
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+    config: GenerationConfig,
+    eos_ids: torch.Tensor,
+    segment: int,
+    synced_gpus: bool = False,
 ) -> torch.Tensor:
     """`model.generate`'s new tokens [rows, R] (pad after each row's end), decoded `segment` tokens at a
     time: after each segment the rows that produced an end-of-sequence token leave the batch, their
@@ -144,10 +173,16 @@ def generate_segmented(
         if not busy:  # keep step with the ranks still decoding; the token is thrown away, and its draw
             one = out.new_zeros(1, 1)  # must not move this rank's random stream (its next call's samples)
             with torch.random.fork_rng(devices=[one.device] if one.device.type == "cuda" else []):
-                model.generate(input_ids=one, attention_mask=torch.ones_like(one), generation_config=step, synced_gpus=True)
+                model.generate(
+                    input_ids=one, attention_mask=torch.ones_like(one), generation_config=step, synced_gpus=True
+                )
             continue
         result = model.generate(
-            input_ids=ids, attention_mask=mask, cache=cache, generation_config=step, synced_gpus=synced_gpus,
+            input_ids=ids,
+            attention_mask=mask,
+            cache=cache,
+            generation_config=step,
+            synced_gpus=synced_gpus,
         )
         new = result.sequences[:, ids.size(1) :]
         out[active, done : done + new.size(1)] = new
@@ -185,20 +220,32 @@ def _right_pad(chunks: list[torch.Tensor], pad_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_texts(
-    model: PreTrainedModel, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-    batch_size: int = 32, eos_ids: list[int] | None = None, config: GenerationConfig | None = None,
+    model: PreTrainedModel,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    eos_ids: list[int] | None = None,
+    config: GenerationConfig | None = None,
     synced_gpus: bool = False,
 ) -> list[str]:
     """Decode a reply to each conversation (greedy unless `config` says otherwise), in batches."""
     eos_ids = eos_ids or [tokenizer.eos_token_id]
-    config = config or generation_config(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, greedy=True)
+    config = config or generation_config(
+        max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, greedy=True
+    )
     was_training = model.training
     model.eval()
     texts = []
     for start in range(0, len(conversations), batch_size):
         enc = tokenizer.apply_chat_template(
-            conversations[start : start + batch_size], add_generation_prompt=True, tokenize=True,
-            return_dict=True, padding=True, return_tensors="pt",
+            conversations[start : start + batch_size],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            padding=True,
+            return_tensors="pt",
         ).to(model.device)
         out = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus)
         texts += tokenizer.batch_decode(out[:, enc["input_ids"].size(1) :], skip_special_tokens=True)

@@ -77,7 +77,12 @@ def claim(folder: str | os.PathLike, rid: str | None = None) -> bool:
     folder, rid = Path(folder), rid or run_id()
     folder.mkdir(parents=True, exist_ok=True)
     owner_file = folder / OWNER_FILE
-    me = {"run_id": rid, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "run_id": rid,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     with file_lock(folder / ".run-owner.lock"):  # claimers on this host, one at a time
         owner = read_owner(owner_file)
         if owner is not None:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import load_sharded, restore_reference
 from gad.errors import GADError
-from gad.train import build_module
+from gad.fit import build_module
 from gad.trust import check_received_config, check_sharded_checkpoint, load_checkpoint
 
 

@@ -23,7 +23,9 @@ def final_metrics(job_dir: Path) -> dict[str, float]:
     metrics = job_dir / "metrics.csv"
     if metrics.is_file():
         for row in csv.DictReader(open(metrics)):
-            out.update({k: float(v) for k, v in row.items() if v not in ("", None) and k.startswith(("val/", "train/step"))})
+            out.update(
+                {k: float(v) for k, v in row.items() if v not in ("", None) and k.startswith(("val/", "train/step"))}
+            )
     summary = job_dir / "summary.json"
     if summary.is_file():
         summary = json.loads(summary.read_text())
@@ -37,7 +39,9 @@ def final_metrics(job_dir: Path) -> dict[str, float]:
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for job_dir in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    ):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
         knobs = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
@@ -65,7 +69,9 @@ def plot_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    swept = [k for k in rows[0] if k not in ("job", "status") and "/" not in k and len({str(r.get(k)) for r in rows}) > 1]
+    swept = [
+        k for k in rows[0] if k not in ("job", "status") and "/" not in k and len({str(r.get(k)) for r in rows}) > 1
+    ]
     if not swept:
         return
     fig, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)

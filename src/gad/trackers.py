@@ -56,6 +56,7 @@ def table_rows(records: list[dict]) -> list[list]:
 
 def markdown_table(rows: list[list]) -> str:
     """`rows` as a Markdown table (TensorBoard's text plugin renders Markdown)."""
+
     def cell(value) -> str:
         text = f"{value:.3f}" if isinstance(value, float) else str(value)
         return text.replace("|", "\\|").replace("\n", "<br>")
@@ -81,11 +82,14 @@ def log_rollouts(loggers: list, records: list[dict], teacher: torch.Tensor, stud
         elif isinstance(logger, WandbLogger):
             import wandb
 
-            logger.log_metrics({
-                "rollouts/samples": wandb.Table(columns=TABLE_COLUMNS, data=rows),
-                "rollouts/d_score_teacher": wandb.Histogram(teacher.numpy()),
-                "rollouts/d_score_student": wandb.Histogram(student.numpy()),
-            }, step=step)
+            logger.log_metrics(
+                {
+                    "rollouts/samples": wandb.Table(columns=TABLE_COLUMNS, data=rows),
+                    "rollouts/d_score_teacher": wandb.Histogram(teacher.numpy()),
+                    "rollouts/d_score_student": wandb.Histogram(student.numpy()),
+                },
+                step=step,
+            )
         elif isinstance(logger, MLFlowLogger):
             columns = {name: [row[i] for row in rows] for i, name in enumerate(TABLE_COLUMNS)}
             logger.experiment.log_table(logger.run_id, data=columns, artifact_file=f"rollouts/step_{step:06d}.json")

@@ -29,20 +29,22 @@ from gad.errors import GADError
 # states and DistillModule.on_save_checkpoint's `distill_state` are dicts of numbers.
 SAFE_GLOBALS: list[Any] = []
 
-# Sections of a received config that loading a run instantiates (gad.train.build_module,
-# gad.evaluation.models, gad.analysis.scoring); nothing instantiates the others from a run folder.
+# Sections of a received config that loading a run instantiates (gad.fit.build_module,
+# gad.evaluation.model_specs, gad.analysis.scoring); nothing instantiates the others from a run folder.
 RECEIVED_SECTIONS = ("model", "method", "data")
 # Every `_target_` the project's conf/{model,method,data} use (tests/test_trust_loading.py keeps this in step).
-RECEIVED_TARGETS = frozenset({
-    "gad.models.load_student",
-    "gad.models.load_tokenizer",
-    "gad.methods.GADModule",
-    "gad.methods.KDModule",
-    "gad.methods.SeqKDModule",
-    "gad.methods.optim.warmup_schedule",
-    "gad.data.DistillDataModule",
-    "torch.optim.AdamW",
-})
+RECEIVED_TARGETS = frozenset(
+    {
+        "gad.models.load_student",
+        "gad.models.load_tokenizer",
+        "gad.methods.GADModule",
+        "gad.methods.KDModule",
+        "gad.methods.SeqKDModule",
+        "gad.methods.optim.warmup_schedule",
+        "gad.data.DistillDataModule",
+        "torch.optim.AdamW",
+    }
+)
 
 ADVICE = "load only files from people you trust, or ask for the exported student/ folder (safetensors)"
 
@@ -70,8 +72,10 @@ def check_checkpoint(path: str | Path) -> None:
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in get_safe_globals() if hasattr(g, "__qualname__")}
     unsafe = [g for g in needed if g not in allowed]
     if unsafe:
-        raise GADError(f"{path}: refused: loading it would call {', '.join(unsafe)} (checkpoints may hold "
-                       f"only tensors and plain values; {ADVICE})")
+        raise GADError(
+            f"{path}: refused: loading it would call {', '.join(unsafe)} (checkpoints may hold "
+            f"only tensors and plain values; {ADVICE})"
+        )
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
@@ -93,18 +97,34 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
 # Sharded checkpoints (TwoNetworkFSDPStrategy with save_distributed_checkpoint=true) are folders whose
 # `.metadata` torch.distributed.checkpoint reads with plain pickle: it may name only these.
 _DCP_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
-     ("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("collections", "OrderedDict")}
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         import torch
 
-        if (module, name) in _DCP_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if (module, name) in _DCP_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"loading it would call {module}.{name}")
 
@@ -121,7 +141,9 @@ def check_sharded_checkpoint(folder: str | Path) -> None:
             with open(file, "rb") as fh:
                 _MetadataUnpickler(fh).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
-            raise GADError(f"{file}: refused: {str(err).splitlines()[0] if str(err) else type(err).__name__} ({ADVICE})") from None
+            raise GADError(
+                f"{file}: refused: {str(err).splitlines()[0] if str(err) else type(err).__name__} ({ADVICE})"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------- configs
@@ -144,10 +166,14 @@ def check_received_config(cfg: DictConfig, file: str | Path) -> None:
     for key in cfg.keys():
         for path, node in _nodes(cfg._get_node(key), str(key)):
             if node._is_interpolation():
-                raise GADError(f"{file}: {path}: refused: an interpolation ({node._value()}) in a saved run config "
-                               "(train.py saves it resolved)")
+                raise GADError(
+                    f"{file}: {path}: refused: an interpolation ({node._value()}) in a saved run config "
+                    "(train.py saves it resolved)"
+                )
             if str(key) in RECEIVED_SECTIONS and path.endswith("._target_"):
                 target = node._value()
                 if target not in RECEIVED_TARGETS:
-                    raise GADError(f"{file}: {path}: refused: '{target}' is not one of this project's own targets "
-                                   f"(a run folder may only name {', '.join(sorted(RECEIVED_TARGETS))})")
+                    raise GADError(
+                        f"{file}: {path}: refused: '{target}' is not one of this project's own targets "
+                        f"(a run folder may only name {', '.join(sorted(RECEIVED_TARGETS))})"
+                    )

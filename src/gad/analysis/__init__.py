@@ -27,8 +27,24 @@ from gad.analysis.runs_data import (
 from gad.analysis.scoring import DiscriminatorScorer, as_messages, load_discriminator
 
 __all__ = [
-    "RUN_DIR_ENV", "DiscriminatorScorer", "as_messages", "correlation", "early_late_steps", "extreme_samples",
-    "length_correlations", "load_discriminator", "load_metrics", "load_rollouts", "metrics_frame",
-    "plot_length_over_training", "plot_score_histograms", "plot_score_vs_length", "plot_training_curves",
-    "resolve_run_dir", "rollouts_frame", "save_figure", "user_turn", "warmup_end",
+    "RUN_DIR_ENV",
+    "DiscriminatorScorer",
+    "as_messages",
+    "correlation",
+    "early_late_steps",
+    "extreme_samples",
+    "length_correlations",
+    "load_discriminator",
+    "load_metrics",
+    "load_rollouts",
+    "metrics_frame",
+    "plot_length_over_training",
+    "plot_score_histograms",
+    "plot_score_vs_length",
+    "plot_training_curves",
+    "resolve_run_dir",
+    "rollouts_frame",
+    "save_figure",
+    "user_turn",
+    "warmup_end",
 ]

@@ -39,9 +39,16 @@ def export(run_dir: str | Path | None, out_dir: str | Path, names: list[str]) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gad.analysis", description=__doc__.splitlines()[0])
-    parser.add_argument("figures", nargs="*", default=["training_curves"], metavar="FIGURE",
-                        help=f"figures to export (default: training_curves); any of {', '.join(FIGURES)}")
-    parser.add_argument("--run", default=None, help="run folder (default: $GAD_RUN_DIR, else the newest outputs/train run)")
+    parser.add_argument(
+        "figures",
+        nargs="*",
+        default=["training_curves"],
+        metavar="FIGURE",
+        help=f"figures to export (default: training_curves); any of {', '.join(FIGURES)}",
+    )
+    parser.add_argument(
+        "--run", default=None, help="run folder (default: $GAD_RUN_DIR, else the newest outputs/train run)"
+    )
     parser.add_argument("--out", default="docs/figures", help="folder for the PNG files (default: docs/figures)")
     args = parser.parse_args(argv)
     with exit_on_user_error():

@@ -64,11 +64,16 @@ def results_table(jobs: pd.DataFrame) -> str:
         return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
 
     before = jobs.drop_duplicates("seed")
-    lines.append(f"| before (initial student) | {len(before)} | " + " | ".join(
-        cell(before[f"{key} before"]) if f"{key} before" in before else "-" for key, _ in columns) + " |")
+    lines.append(
+        f"| before (initial student) | {len(before)} | "
+        + " | ".join(cell(before[f"{key} before"]) if f"{key} before" in before else "-" for key, _ in columns)
+        + " |"
+    )
     for arm in sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
         group = jobs[jobs.arm == arm]
-        lines.append(f"| {arm} | {len(group)} | " + " | ".join(cell(group[f"{key} after"]) for key, _ in columns) + " |")
+        lines.append(
+            f"| {arm} | {len(group)} | " + " | ".join(cell(group[f"{key} after"]) for key, _ in columns) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -83,16 +88,20 @@ def adversarial_curves(jobs: pd.DataFrame, arm: str, metric: str) -> pd.DataFram
 
 def adversarial_table(jobs: pd.DataFrame) -> str:
     """Markdown: reward and length over the adversarial phase, mean over seeds, on-policy vs frozen D."""
-    lines = ["| arm | reward, steps 1-5 | reward, steps 11-20 | reward, last 15 | length, last 15 | teacher length, last 15 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | reward, steps 1-5 | reward, steps 11-20 | reward, last 15 | length, last 15 | teacher length, last 15 |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm in ("gad", "off_policy"):
         if arm not in set(jobs.arm):
             continue
         reward = adversarial_curves(jobs, arm, "train/reward_mean").mean(axis=1)
         length = adversarial_curves(jobs, arm, "train/response_len").mean(axis=1)
         teacher = adversarial_curves(jobs, arm, "train/teacher_len").mean(axis=1)
-        lines.append(f"| {arm} | {reward[:5].mean():.2f} | {reward[10:20].mean():.2f} | {reward[-15:].mean():.2f} "
-                     f"| {length[-15:].mean():.2f} | {teacher[-15:].mean():.2f} |")
+        lines.append(
+            f"| {arm} | {reward[:5].mean():.2f} | {reward[10:20].mean():.2f} | {reward[-15:].mean():.2f} "
+            f"| {length[-15:].mean():.2f} | {teacher[-15:].mean():.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -118,8 +127,13 @@ def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
 
 def plot_on_vs_off_policy(jobs: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, (metric, label) in zip(axes, [("train/response_len", "student response length (tokens)"),
-                                           ("train/reward_mean", "reward (D score of student samples)")]):
+    for ax, (metric, label) in zip(
+        axes,
+        [
+            ("train/response_len", "student response length (tokens)"),
+            ("train/reward_mean", "reward (D score of student samples)"),
+        ],
+    ):
         for arm in ("gad", "off_policy"):
             if arm not in set(jobs.arm):
                 continue
@@ -143,7 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="outputs/toy_evidence/multiruns/<time>")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the sweep folder)")
-    parser.add_argument("--prefix", default="evidence", help="figure names: <prefix>_accuracy.png, <prefix>_on_vs_off_policy.png")
+    parser.add_argument(
+        "--prefix", default="evidence", help="figure names: <prefix>_accuracy.png, <prefix>_on_vs_off_policy.png"
+    )
     args = parser.parse_args()
     with exit_on_user_error():
         if not args.sweep_dir.is_dir():

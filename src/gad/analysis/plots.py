@@ -56,7 +56,9 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="chance")
     else:
         _not_logged(ax, "D accuracy")
-    ax.set(title="Discriminator accuracy\n(teacher scored above a student sample)", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax.set(
+        title="Discriminator accuracy\n(teacher scored above a student sample)", ylabel="accuracy", ylim=(-0.02, 1.02)
+    )
 
     ax = axes[2]
     found = _series(ax, metrics, "teacher_score", color=TEACHER_COLOR, label="teacher (mean)")
@@ -70,13 +72,22 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
     if _series(ax, metrics, "reward_mean", color=STUDENT_COLOR, label="reward mean"):
         if "reward_std" in metrics.columns:
             m = metrics[["reward_mean", "reward_std"]].dropna()
-            ax.fill_between(m.index, m.reward_mean - m.reward_std, m.reward_mean + m.reward_std, color=STUDENT_COLOR,
-                            alpha=0.2, label="+- 1 std (over samples)")
+            ax.fill_between(
+                m.index,
+                m.reward_mean - m.reward_std,
+                m.reward_mean + m.reward_std,
+                color=STUDENT_COLOR,
+                alpha=0.2,
+                label="+- 1 std (over samples)",
+            )
     else:
         _not_logged(ax, "reward")
     # The same D scores are the policy's reward only after the boundary; warm-up has no policy step.
-    ax.set(title="D score of student samples\n(the reward, once adversarial)", ylabel="D score (reward)",
-           xlabel="training step")
+    ax.set(
+        title="D score of student samples\n(the reward, once adversarial)",
+        ylabel="D score (reward)",
+        xlabel="training step",
+    )
 
     ax = axes[4]
     found = _series(ax, metrics, "response_len", color=STUDENT_COLOR, label="student samples (mean)")
@@ -90,7 +101,7 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
         _not_logged(ax, "KL")
     ax.set(title="KL to the reference policy\n(adversarial phase only)", ylabel="KL per token", xlabel="training step")
 
-    for i, ax in enumerate(axes):
+    for _i, ax in enumerate(axes):
         mark_boundary(ax, boundary)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -99,7 +110,9 @@ def plot_training_curves(metrics: pd.DataFrame, boundary: int | None = None, tit
     return fig
 
 
-def plot_score_histograms(rollouts: pd.DataFrame, fraction: float = 1 / 3, bins: int = 30, title: str | None = None) -> Figure:
+def plot_score_histograms(
+    rollouts: pd.DataFrame, fraction: float = 1 / 3, bins: int = 30, title: str | None = None
+) -> Figure:
     """D scores of teacher responses vs student samples, in the first and the last `fraction` of
     the logged steps (two panels, shared bins, densities so the N:1 sample count does not matter)."""
     early, late = early_late_steps(rollouts["step"], fraction)
@@ -112,12 +125,22 @@ def plot_score_histograms(rollouts: pd.DataFrame, fraction: float = 1 / 3, bins:
         for role, color in (("teacher", TEACHER_COLOR), ("student", STUDENT_COLOR)):
             s = part.loc[part["role"] == role, "score"]
             if len(s):
-                ax.hist(s, bins=edges, density=True, alpha=0.55, color=color,
-                        label=f"{role} (n={len(s)}, mean {s.mean():.2f})")
+                ax.hist(
+                    s,
+                    bins=edges,
+                    density=True,
+                    alpha=0.55,
+                    color=color,
+                    label=f"{role} (n={len(s)}, mean {s.mean():.2f})",
+                )
                 ax.axvline(s.mean(), color=color, linewidth=1.5)
         phases = sorted(set(part["phase"]))
         span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
-        ax.set(title=f"{name} in training: {span} ({', '.join(phases)})", xlabel="D score (solid vertical lines: means)", ylabel="density")
+        ax.set(
+            title=f"{name} in training: {span} ({', '.join(phases)})",
+            xlabel="D score (solid vertical lines: means)",
+            ylabel="density",
+        )
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
@@ -135,23 +158,39 @@ def plot_score_vs_length(rollouts: pd.DataFrame, title: str | None = None) -> Fi
         part = students[students["phase"] == phase]
         if len(part):
             r = correlation(part["length"], part["score"])
-            ax.scatter(part["length"], part["score"], s=14, alpha=0.5, color=PHASE_COLORS[phase],
-                       label=f"student, {phase} (n={len(part)}, r={r:.2f})")
+            ax.scatter(
+                part["length"],
+                part["score"],
+                s=14,
+                alpha=0.5,
+                color=PHASE_COLORS[phase],
+                label=f"student, {phase} (n={len(part)}, r={r:.2f})",
+            )
     teachers = rollouts[rollouts["role"] == "teacher"]
     if len(teachers):
-        ax.scatter(teachers["length"], teachers["score"], marker="x", s=30, color=TEACHER_COLOR,
-                   label=f"teacher (n={len(teachers)})")
+        ax.scatter(
+            teachers["length"],
+            teachers["score"],
+            marker="x",
+            s=30,
+            color=TEACHER_COLOR,
+            label=f"teacher (n={len(teachers)})",
+        )
     r_all = correlation(students["length"], students["score"])
-    ax.set(xlabel="response length (tokens, end-of-turn included)", ylabel="D score",
-           title=(title or "D score vs response length") + f"\nstudent samples, all steps: Pearson r = {r_all:.2f}")
+    ax.set(
+        xlabel="response length (tokens, end-of-turn included)",
+        ylabel="D score",
+        title=(title or "D score vs response length") + f"\nstudent samples, all steps: Pearson r = {r_all:.2f}",
+    )
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=9)
     return fig
 
 
-def plot_length_over_training(metrics: pd.DataFrame, rollouts: pd.DataFrame | None = None,
-                              boundary: int | None = None, title: str | None = None) -> Figure:
+def plot_length_over_training(
+    metrics: pd.DataFrame, rollouts: pd.DataFrame | None = None, boundary: int | None = None, title: str | None = None
+) -> Figure:
     """Mean student vs teacher response length per step, with the individual logged samples as
     dots: a student drifting away from the teacher's length once rewarded by D is a warning sign."""
     boundary = warmup_end(metrics) if boundary is None else boundary

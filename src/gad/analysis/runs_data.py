@@ -140,15 +140,48 @@ def rollouts_frame(records: Iterable[dict], warmup_steps: int | None = None) -> 
             phase = ADVERSARIAL if step > warmup_steps else WARMUP
         else:
             phase = ADVERSARIAL if rec.get("phase") == "adversarial" else WARMUP
-        base = {"step": step, "phase": phase, "id": rec["id"], "prompt": rec["prompt"],
-                "teacher_score": float(rec["teacher_score"]), "teacher_text": rec["teacher"]}
-        rows.append({**base, "role": "teacher", "sample": pd.NA, "text": rec["teacher"],
-                     "score": float(rec["teacher_score"]), "length": int(rec["teacher_length"])})
+        base = {
+            "step": step,
+            "phase": phase,
+            "id": rec["id"],
+            "prompt": rec["prompt"],
+            "teacher_score": float(rec["teacher_score"]),
+            "teacher_text": rec["teacher"],
+        }
+        rows.append(
+            {
+                **base,
+                "role": "teacher",
+                "sample": pd.NA,
+                "text": rec["teacher"],
+                "score": float(rec["teacher_score"]),
+                "length": int(rec["teacher_length"]),
+            }
+        )
         for j, s in enumerate(rec.get("samples", [])):
-            rows.append({**base, "role": "student", "sample": j, "text": s["text"], "score": float(s["score"]),
-                         "length": int(s["length"])})
-    columns = ["step", "phase", "id", "prompt", "role", "sample", "text", "score", "length", "teacher_score",
-               "teacher_text"]
+            rows.append(
+                {
+                    **base,
+                    "role": "student",
+                    "sample": j,
+                    "text": s["text"],
+                    "score": float(s["score"]),
+                    "length": int(s["length"]),
+                }
+            )
+    columns = [
+        "step",
+        "phase",
+        "id",
+        "prompt",
+        "role",
+        "sample",
+        "text",
+        "score",
+        "length",
+        "teacher_score",
+        "teacher_text",
+    ]
     df = pd.DataFrame(rows, columns=columns)
     df["sample"] = df["sample"].astype("Int64")
     df["margin"] = df["score"] - df["teacher_score"]
@@ -160,7 +193,9 @@ def load_rollouts(run_dir: str | Path, warmup_steps: int | None = None) -> pd.Da
     run_dir = Path(run_dir)
     path = run_dir / "rollouts.jsonl"
     if not path.is_file():
-        raise GADError(f"{path}: no rollout samples (callbacks.rollout_samples was off, or no step reached every_n_steps)")
+        raise GADError(
+            f"{path}: no rollout samples (callbacks.rollout_samples was off, or no step reached every_n_steps)"
+        )
     if warmup_steps is None:
         warmup_steps = _warmup_steps(run_dir)
     with open(path, encoding="utf-8") as fh:
@@ -201,8 +236,15 @@ def length_correlations(rollouts: pd.DataFrame, role: str = "student") -> pd.Dat
     df = rollouts[rollouts["role"] == role]
     groups = [("all", df)] + [(p, df[df["phase"] == p]) for p in (WARMUP, ADVERSARIAL) if (df["phase"] == p).any()]
     return pd.DataFrame(
-        [{"subset": name, "n": len(g), "pearson": correlation(g["length"], g["score"]),
-          "spearman": correlation(g["length"], g["score"], "spearman")} for name, g in groups]
+        [
+            {
+                "subset": name,
+                "n": len(g),
+                "pearson": correlation(g["length"], g["score"]),
+                "spearman": correlation(g["length"], g["score"], "spearman"),
+            }
+            for name, g in groups
+        ]
     ).set_index("subset")
 
 
@@ -221,9 +263,22 @@ def extreme_samples(rollouts: pd.DataFrame, k: int = 3, phase: str | None = None
         df = df[df["phase"] == phase]
     ranked = df.sort_values(["score", "step"], ascending=[False, True], kind="stable")
     top = ranked.head(k).assign(rank="highest")
-    bottom = ranked.iloc[len(top):].tail(k).iloc[::-1].assign(rank="lowest")  # lowest first; never a top sample again
-    cols = ["rank", "step", "phase", "id", "prompt", "text", "score", "length", "teacher_text", "teacher_score", "margin"]
-    out = pd.concat([top, bottom])[cols].rename(columns={"text": "sample", "score": "sample_score",
-                                                         "length": "sample_length", "teacher_text": "teacher"})
+    bottom = ranked.iloc[len(top) :].tail(k).iloc[::-1].assign(rank="lowest")  # lowest first; never a top sample again
+    cols = [
+        "rank",
+        "step",
+        "phase",
+        "id",
+        "prompt",
+        "text",
+        "score",
+        "length",
+        "teacher_text",
+        "teacher_score",
+        "margin",
+    ]
+    out = pd.concat([top, bottom])[cols].rename(
+        columns={"text": "sample", "score": "sample_score", "length": "sample_length", "teacher_text": "teacher"}
+    )
     out["prompt"] = out["prompt"].map(user_turn)
     return out.reset_index(drop=True)

@@ -33,9 +33,15 @@ def as_messages(prompt: Prompt) -> Messages:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
-        raise GADError(f"prompt must be a string or a non-empty list of {{role, content}} messages, got {type(prompt).__name__}")
+        raise GADError(
+            f"prompt must be a string or a non-empty list of {{role, content}} messages, got {type(prompt).__name__}"
+        )
     for turn in prompt:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
+        ):
             raise GADError(f"prompt has a message that is not {{role: str, content: str}}: {turn!r}")
     if prompt[-1]["role"] != "user":
         raise GADError(f"prompt must end with a user turn (ends with '{prompt[-1]['role']}')")
@@ -63,8 +69,14 @@ def resolve_checkpoint(run_dir: str | Path, ckpt: str | Path | int | None) -> Pa
 class DiscriminatorScorer:
     """A run's discriminator with the run's tokenizer and data encoding; `score` pairs in batches."""
 
-    def __init__(self, discriminator: torch.nn.Module, encoder: Any, step: int | None = None,
-                 checkpoint: Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        discriminator: torch.nn.Module,
+        encoder: Any,
+        step: int | None = None,
+        checkpoint: Path | None = None,
+        device: str | torch.device = "cpu",
+    ):
         if not hasattr(encoder, "_encode") or not hasattr(encoder, "collate"):
             raise GADError(f"{type(encoder).__name__} is not a DistillDataModule (needs _encode and collate)")
         self.discriminator = discriminator.to(device).eval()
@@ -133,8 +145,9 @@ class DiscriminatorScorer:
         return f"DiscriminatorScorer(checkpoint={where}, step={self.step}, device={self.device})"
 
 
-def load_discriminator(run_dir: str | Path, ckpt: str | Path | int | None = None,
-                       device: str | torch.device = "cpu") -> DiscriminatorScorer:
+def load_discriminator(
+    run_dir: str | Path, ckpt: str | Path | int | None = None, device: str | torch.device = "cpu"
+) -> DiscriminatorScorer:
     """The discriminator of a GAD run at a checkpoint (None: last.ckpt; int k: step_<k>.ckpt).
 
     The scorer keeps only D, the tokenizer and the run's encoding settings; the rest of the

@@ -125,7 +125,9 @@ def make_client(settings: ClientSettings, api_key: str, *, concurrency: int) -> 
     )
 
 
-async def chat_completion(client: Any, *, model: str, messages: list[dict[str, str]], params: Mapping[str, Any] | None = None) -> ChatReply:
+async def chat_completion(
+    client: Any, *, model: str, messages: list[dict[str, str]], params: Mapping[str, Any] | None = None
+) -> ChatReply:
     """One chat completion (POST /chat/completions) through the client's retry layer.
 
     `params` holds the request fields besides model and messages (temperature, top_p,

@@ -68,8 +68,16 @@ def _body_message(err: Any) -> str:
 
 
 _DROPPED = {
-    "ServerDisconnectedError", "ClientOSError", "ConnectionResetError", "BrokenPipeError", "ConnectionRefusedError",
-    "ClientConnectorError", "RemoteProtocolError", "ConnectError", "ReadError", "WriteError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ConnectionResetError",
+    "BrokenPipeError",
+    "ConnectionRefusedError",
+    "ClientConnectorError",
+    "RemoteProtocolError",
+    "ConnectError",
+    "ReadError",
+    "WriteError",
 }
 
 
@@ -86,6 +94,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
 def classify_error(exc: BaseException, secrets: Iterable[str] = (), where: str = "") -> ErrorInfo:
     """Sort an exception from `chat_completion` into fatal / transient / permanent (see module doc)."""
     import openai
+
     secrets = list(secrets)
     at = f" at {where}" if where else ""
     if isinstance(exc, MalformedReply):

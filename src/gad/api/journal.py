@@ -148,8 +148,10 @@ class Journal:
 
     def _write_error(self, err: OSError, action: str) -> GADError:
         """A failed write (ENOSPC, EDQUOT, EIO) as one line naming the file; what was written stays."""
-        return GADError(f"{self.path}: cannot {action} ({err.strerror or err}); every record written before is kept: "
-                        "free space and re-run the same command to resume")
+        return GADError(
+            f"{self.path}: cannot {action} ({err.strerror or err}); every record written before is kept: "
+            "free space and re-run the same command to resume"
+        )
 
     def close(self) -> None:
         if self._fd is None:
@@ -251,7 +253,7 @@ class Journal:
             payload = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in kept)
             view = memoryview(payload)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
             os.replace(tmp, self.path)
         except BaseException as err:

@@ -41,9 +41,9 @@ def protect_logs(secrets: Iterable[str]) -> None:
     """
     filt = RedactingFilter(secrets)
     for handler in [*logging.getLogger().handlers, logging.lastResort]:
-        if handler is not None and not any(isinstance(f, RedactingFilter) and f.secrets == filt.secrets for f in handler.filters):
+        if handler is not None and not any(
+            isinstance(f, RedactingFilter) and f.secrets == filt.secrets for f in handler.filters
+        ):
             handler.addFilter(filt)
     for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-

@@ -41,13 +41,21 @@ class ClientSettings:
 
     def __post_init__(self) -> None:
         base_url = self.base_url.strip() if self.base_url is not None else None
-        require(base_url is None or bool(re.match(r"^https?://[^\s/]+", base_url)), "base_url", base_url,
-                "must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        require(
+            base_url is None or bool(re.match(r"^https?://[^\s/]+", base_url)),
+            "base_url",
+            base_url,
+            "must be an http(s) URL such as http://127.0.0.1:8000/v1",
+        )
         self.base_url = base_url or None
         env = self.api_key_env
         # never echo the value (None: the message leaves it out): it may be the key itself
-        require(not KEYLIKE.search(env) and (not env or bool(ENV_NAME.match(env))), "api_key_env", None,
-                "must be the NAME of an environment variable (like OPENAI_API_KEY), not a key")
+        require(
+            not KEYLIKE.search(env) and (not env or bool(ENV_NAME.match(env))),
+            "api_key_env",
+            None,
+            "must be the NAME of an environment variable (like OPENAI_API_KEY), not a key",
+        )
         require(bool(env), "api_key_env", env, "must name an environment variable")
         for name in ("timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
@@ -56,8 +64,12 @@ class ClientSettings:
         for name in ("backoff_initial_s", "backoff_max_s"):
             value = getattr(self, name)
             require(finite(value) and value >= 0, name, value, "must be a finite number >= 0")
-        require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", self.backoff_max_s,
-                "must be >= backoff_initial_s")
+        require(
+            self.backoff_max_s >= self.backoff_initial_s,
+            "backoff_max_s",
+            self.backoff_max_s,
+            "must be >= backoff_initial_s",
+        )
         backend = self.http_backend
         require(backend in ("aiohttp", "httpx"), "http_backend", backend, "must be aiohttp or httpx")
 

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from gad.api.runner import RunStats
 
 
-def estimate_cost(tokens_in: int, tokens_out: int, price_in_per_mtok: float | None, price_out_per_mtok: float | None) -> float | None:
+def estimate_cost(
+    tokens_in: int, tokens_out: int, price_in_per_mtok: float | None, price_out_per_mtok: float | None
+) -> float | None:
     """USD for the tokens at the given prices per million tokens; None when no price is configured."""
     if price_in_per_mtok is None and price_out_per_mtok is None:
         return None
@@ -35,7 +37,10 @@ def summary_table(
     table.add_row("done", f"{stats.ok:,}")
     table.add_row("refused/rejected", f"{sum(stats.rejected.values()):,}  {_kinds(stats.rejected)}".rstrip())
     table.add_row("failed", f"{sum(stats.failed.values()):,}  {_kinds(stats.failed)}".rstrip())
-    table.add_row("retried", f"{stats.items_retried:,} requests, {sum(stats.retried.values()):,} retries  {_kinds(stats.retried)}".rstrip())
+    table.add_row(
+        "retried",
+        f"{stats.items_retried:,} requests, {sum(stats.retried.values()):,} retries  {_kinds(stats.retried)}".rstrip(),
+    )
     table.add_row("tokens in / out", f"{stats.tokens_in:,} / {stats.tokens_out:,}")
     table.add_row("time", f"{stats.elapsed_s:.1f} s, {stats.rate:.1f} req/s")
     if cost is not None:

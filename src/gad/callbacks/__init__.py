@@ -1,4 +1,6 @@
-"""Lightning callbacks: checkpoints, rollout samples, student export, progress, end-of-run summary and figures."""
+"""Lightning callbacks: checkpoints, rollout samples, student export, progress, end-of-run summary and figures.
+
+The toy world's held-out accuracy callback lives with the toy world: gad.toy.accuracy."""
 
 from gad.callbacks.checkpoint import StepCheckpoint
 from gad.callbacks.export import ExportStudent
@@ -6,9 +8,13 @@ from gad.callbacks.progress import NetworkSummary, PlanProgressBar
 from gad.callbacks.rank_digest import RankDigest
 from gad.callbacks.samples import RolloutSamples
 from gad.callbacks.summary import RunSummary
-from gad.callbacks.toy_accuracy import ToyAccuracy
 
 __all__ = [
-    "ExportStudent", "NetworkSummary", "PlanProgressBar", "RankDigest", "RolloutSamples", "RunSummary", "StepCheckpoint",
-    "ToyAccuracy",
+    "ExportStudent",
+    "NetworkSummary",
+    "PlanProgressBar",
+    "RankDigest",
+    "RolloutSamples",
+    "RunSummary",
+    "StepCheckpoint",
 ]

@@ -44,7 +44,9 @@ class StepCheckpoint(L.Callback):
     def _optimizer_stepped(self, optimizer, args, kwargs) -> None:
         self.in_step = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self.in_step = False
         step = pl_module.completed_steps
         periodic = self.every_n_steps > 0 and step % self.every_n_steps == 0
@@ -66,7 +68,9 @@ class StepCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
         # Per-rank shards (FSDP save_distributed_checkpoint) load into the whole module: keep them complete.
-        if getattr(pl_module, "reference", None) is None or getattr(trainer.strategy, "_save_distributed_checkpoint", False):
+        if getattr(pl_module, "reference", None) is None or getattr(
+            trainer.strategy, "_save_distributed_checkpoint", False
+        ):
             return
         reference = {k: state.pop(k) for k in [k for k in state if k.startswith(REFERENCE_PREFIX)]}
         if not getattr(pl_module, "reference_ready", False):

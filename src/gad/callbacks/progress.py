@@ -137,10 +137,18 @@ class PlanProgressBar(ProgressBar):
         self._phase = phase_label(pl_module)
         if out.is_terminal or out.is_jupyter:
             self._progress = _TwoLineProgress(
-                TextColumn("[bold]{task.description:<15}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=out,
+                TextColumn("[bold]{task.description:<15}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=out,
             )
-            self._task = self._progress.add_task(self._phase, total=pl_module.total_steps, completed=pl_module.completed_steps)
+            self._task = self._progress.add_task(
+                self._phase, total=pl_module.total_steps, completed=pl_module.completed_steps
+            )
             self._progress.start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
@@ -221,6 +229,10 @@ class NetworkSummary(ModelSummary):
                 continue
             params = list(module.parameters())
             trained = sum(p.numel() for p in params if p.requires_grad)
-            table.add_row(name, type(module).__name__, get_human_readable_count(sum(p.numel() for p in params)),
-                          get_human_readable_count(trained) if trained else "frozen")
+            table.add_row(
+                name,
+                type(module).__name__,
+                get_human_readable_count(sum(p.numel() for p in params)),
+                get_human_readable_count(trained) if trained else "frozen",
+            )
         console().print(table)

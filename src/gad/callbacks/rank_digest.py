@@ -37,6 +37,10 @@ class RankDigest(L.Callback):
         # Under FSDP each rank holds shards: digest the whole (gathered) parameters.
         trained = [full_tensor(p) for net in pl_module.networks.values() for p in net.module.parameters()]
         self.dir.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                  "parameters": tensor_digest(trained), "rollouts": self.rollouts}
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "parameters": tensor_digest(trained),
+            "rollouts": self.rollouts,
+        }
         (self.dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -38,14 +38,25 @@ class RolloutSamples(L.Callback):
             samples = []
             for j in range(i * n, (i + 1) * n):
                 tokens = rollout.response_ids[j][rollout.response_mask[j].bool()]
-                samples.append({"text": decode(tokens, skip_special_tokens=True), "score": scores.student[i, j - i * n].item(),
-                                "length": len(tokens)})
-            records.append({
-                "step": step, "phase": record.phase.label,
-                "id": batch["ids"][i], "prompt": decode(prompt, skip_special_tokens=False),
-                "teacher": decode(teacher, skip_special_tokens=True), "teacher_score": scores.teacher[i].item(),
-                "teacher_length": len(teacher), "samples": samples,
-            })
+                samples.append(
+                    {
+                        "text": decode(tokens, skip_special_tokens=True),
+                        "score": scores.student[i, j - i * n].item(),
+                        "length": len(tokens),
+                    }
+                )
+            records.append(
+                {
+                    "step": step,
+                    "phase": record.phase.label,
+                    "id": batch["ids"][i],
+                    "prompt": decode(prompt, skip_special_tokens=False),
+                    "teacher": decode(teacher, skip_special_tokens=True),
+                    "teacher_score": scores.teacher[i].item(),
+                    "teacher_length": len(teacher),
+                    "samples": samples,
+                }
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             for record in records:

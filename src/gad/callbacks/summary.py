@@ -59,7 +59,10 @@ class RunSummary(L.Callback):
         for phase, rows in self.history.items():
             recent = rows[-self.window :]
             keys = {k for row in recent for k in row}
-            table[phase] = {"steps": len(rows), **{k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}}
+            table[phase] = {
+                "steps": len(rows),
+                **{k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys},
+            }
         return table
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,9 +75,11 @@ class RunSummary(L.Callback):
         summary = {"phases": {labels[phase]: means for phase, means in phases.items()}, "results": self.results}
         self.path.write_text(json.dumps(summary, indent=2))
         out = console()
-        table = Table(title=f"run summary: mean of each phase's last {self.window} steps",
-                      caption="D gap: mean D score, teacher minus student; reward: D score of the student's samples, "
-                              "where a policy step uses it; len / t len: student / teacher tokens")
+        table = Table(
+            title=f"run summary: mean of each phase's last {self.window} steps",
+            caption="D gap: mean D score, teacher minus student; reward: D score of the student's samples, "
+            "where a policy step uses it; len / t len: student / teacher tokens",
+        )
         table.add_column("phase", no_wrap=True, min_width=11)
         table.add_column("steps", justify="right")
         for title in COLUMNS.values():
@@ -95,7 +100,9 @@ class RunSummary(L.Callback):
             out.print(results)
         if self.figures and self.steps:
             paths = self.write_figures()
-            out.print(f"figures: {paths[0].parent}/ ({', '.join(p.name for p in paths)})", highlight=False, soft_wrap=True)
+            out.print(
+                f"figures: {paths[0].parent}/ ({', '.join(p.name for p in paths)})", highlight=False, soft_wrap=True
+            )
 
     def write_figures(self) -> list[Path]:
         """Draw the run's figures from the steps seen and the logged rollout samples (if any)."""

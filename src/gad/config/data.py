@@ -35,8 +35,12 @@ class DataConfig:
         require(bool(self.path), "path", self.path, "required, but not set (add data.path=<dump> to the command line)")
         for key in ("max_prompt_tokens", "max_response_tokens", "batch_size"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be an integer >= 1")
-        require(self.val_batch_size is None or self.val_batch_size >= 1, "val_batch_size", self.val_batch_size,
-                "must be null or an integer >= 1")
+        require(
+            self.val_batch_size is None or self.val_batch_size >= 1,
+            "val_batch_size",
+            self.val_batch_size,
+            "must be null or an integer >= 1",
+        )
         require(self.val_size >= 0, "val_size", self.val_size, "must be an integer >= 0")
         require(self.num_workers >= 0, "num_workers", self.num_workers, "must be an integer >= 0")
         require(self.truncation in ("left", "drop"), "truncation", self.truncation, "must be 'left' or 'drop'")

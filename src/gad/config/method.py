@@ -40,8 +40,12 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be an integer >= 0")
-        require(self.total_steps is None or self.total_steps >= 1, "total_steps", self.total_steps,
-                "must be null or an integer >= 1")
+        require(
+            self.total_steps is None or self.total_steps >= 1,
+            "total_steps",
+            self.total_steps,
+            "must be null or an integer >= 1",
+        )
 
 
 @dataclass
@@ -59,10 +63,18 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         require(self.micro_batch_size >= 1, "micro_batch_size", self.micro_batch_size, "must be an integer >= 1")
-        require(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
-                "max_tokens_per_micro_batch", self.max_tokens_per_micro_batch, "must be null or an integer >= 1")
-        require(self.generator_grad_clip is None or self.generator_grad_clip > 0 and finite(self.generator_grad_clip),
-                "generator_grad_clip", self.generator_grad_clip, "must be null or a finite number > 0")
+        require(
+            self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+            "max_tokens_per_micro_batch",
+            self.max_tokens_per_micro_batch,
+            "must be null or an integer >= 1",
+        )
+        require(
+            self.generator_grad_clip is None or self.generator_grad_clip > 0 and finite(self.generator_grad_clip),
+            "generator_grad_clip",
+            self.generator_grad_clip,
+            "must be null or a finite number > 0",
+        )
 
 
 @dataclass
@@ -79,8 +91,12 @@ class SamplingConfig(MethodConfig):
         require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
         require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be an integer >= 1")
         require(self.rollout_batch_size >= 1, "rollout_batch_size", self.rollout_batch_size, "must be an integer >= 1")
-        require(self.rollout_segment_tokens is None or self.rollout_segment_tokens >= 1, "rollout_segment_tokens",
-                self.rollout_segment_tokens, "must be null or an integer >= 1")
+        require(
+            self.rollout_segment_tokens is None or self.rollout_segment_tokens >= 1,
+            "rollout_segment_tokens",
+            self.rollout_segment_tokens,
+            "must be null or an integer >= 1",
+        )
 
 
 @dataclass
@@ -108,29 +124,54 @@ class GADConfig(SamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.temperature > 0 and finite(self.temperature), "temperature", self.temperature,
-                "must be a finite number > 0")
-        require(self.num_samples >= 2, "num_samples", self.num_samples,
-                "must be an integer >= 2 (advantages are normalised within each prompt's samples)")
+        require(
+            self.temperature > 0 and finite(self.temperature),
+            "temperature",
+            self.temperature,
+            "must be a finite number > 0",
+        )
+        require(
+            self.num_samples >= 2,
+            "num_samples",
+            self.num_samples,
+            "must be an integer >= 2 (advantages are normalised within each prompt's samples)",
+        )
         for key in ("warmup_steps", "d_only_steps", "adversarial_steps", "off_policy_d_steps"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "must be an integer >= 0")
-        require(self.d_only_steps <= self.warmup_steps, "d_only_steps", self.d_only_steps,
-                f"must be <= method.warmup_steps={self.warmup_steps}")
+        require(
+            self.d_only_steps <= self.warmup_steps,
+            "d_only_steps",
+            self.d_only_steps,
+            f"must be <= method.warmup_steps={self.warmup_steps}",
+        )
         require(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
         require(self.kl_coef >= 0 and finite(self.kl_coef), "kl_coef", self.kl_coef, "must be a finite number >= 0")
-        require(self.clip_ratio > 0 and finite(self.clip_ratio), "clip_ratio", self.clip_ratio,
-                "must be a finite number > 0")
+        require(
+            self.clip_ratio > 0 and finite(self.clip_ratio),
+            "clip_ratio",
+            self.clip_ratio,
+            "must be a finite number > 0",
+        )
         require(self.d_loss in ("bt", "bce"), "d_loss", self.d_loss, "must be 'bt' or 'bce'")
-        require(self.warmup_lr is None or self.warmup_lr > 0 and finite(self.warmup_lr), "warmup_lr", self.warmup_lr,
-                "must be a finite number > 0 (or null: the same as generator_optimizer.lr)")
-        require(self.discriminator_grad_clip is None or self.discriminator_grad_clip > 0
-                and finite(self.discriminator_grad_clip), "discriminator_grad_clip", self.discriminator_grad_clip,
-                "must be null or a finite number > 0")
+        require(
+            self.warmup_lr is None or self.warmup_lr > 0 and finite(self.warmup_lr),
+            "warmup_lr",
+            self.warmup_lr,
+            "must be a finite number > 0 (or null: the same as generator_optimizer.lr)",
+        )
+        require(
+            self.discriminator_grad_clip is None
+            or self.discriminator_grad_clip > 0
+            and finite(self.discriminator_grad_clip),
+            "discriminator_grad_clip",
+            self.discriminator_grad_clip,
+            "must be null or a finite number > 0",
+        )
 
 
 @dataclass
 class KDTeacherConfig:
-    """`method.teacher` of KD (gad/teachers/): `kind` picks the teacher and which keys it reads.
+    """`method.teacher` of KD (gad/kd_teachers/): `kind` picks the teacher and which keys it reads.
 
     local: path, tokenizer, top_k (null = full distributions), dtype, attn_implementation, build.
     api:   base_url, model, top_k (required), api_key_env, token_ids, max_tokens, request_batch_size,
@@ -158,23 +199,55 @@ class KDTeacherConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
 
     LOCAL = ("path", "tokenizer", "top_k", "dtype", "attn_implementation", "build")
-    API = ("base_url", "model", "top_k", "api_key_env", "token_ids", "max_tokens", "request_batch_size", "concurrency",
-           "timeout_s", "max_retries", "extra_body")
+    API = (
+        "base_url",
+        "model",
+        "top_k",
+        "api_key_env",
+        "token_ids",
+        "max_tokens",
+        "request_batch_size",
+        "concurrency",
+        "timeout_s",
+        "max_retries",
+        "extra_body",
+    )
 
     def __post_init__(self) -> None:
         require(self.kind in ("local", "api"), "kind", self.kind, "must be 'local' or 'api'")
-        require(self.top_k is None or self.top_k >= 1, "top_k", self.top_k,
-                "must be an integer >= 1 (null: full distributions, local teachers only)")
+        require(
+            self.top_k is None or self.top_k >= 1,
+            "top_k",
+            self.top_k,
+            "must be an integer >= 1 (null: full distributions, local teachers only)",
+        )
         if self.kind == "local":
-            require(bool(self.path), "path", self.path,
-                    "set the teacher model (a Hugging Face folder or hub id) for method.teacher.kind=local")
-            require(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
-                    "must be float32, bfloat16 or float16")
+            require(
+                bool(self.path),
+                "path",
+                self.path,
+                "set the teacher model (a Hugging Face folder or hub id) for method.teacher.kind=local",
+            )
+            require(
+                self.dtype in ("float32", "bfloat16", "float16"),
+                "dtype",
+                self.dtype,
+                "must be float32, bfloat16 or float16",
+            )
             return
-        require(bool(self.base_url), "base_url", self.base_url,
-                "set the server's API root (e.g. http://127.0.0.1:8000/v1) for method.teacher.kind=api")
-        require(self.top_k is not None, "top_k", self.top_k, "an API teacher needs a number of log-probs per "
-                "position (vLLM allows up to its --max-logprobs, 20 by default)")
+        require(
+            bool(self.base_url),
+            "base_url",
+            self.base_url,
+            "set the server's API root (e.g. http://127.0.0.1:8000/v1) for method.teacher.kind=api",
+        )
+        require(
+            self.top_k is not None,
+            "top_k",
+            self.top_k,
+            "an API teacher needs a number of log-probs per "
+            "position (vLLM allows up to its --max-logprobs, 20 by default)",
+        )
         for key in ("request_batch_size", "concurrency"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be an integer >= 1")
         require(self.max_tokens >= 0, "max_tokens", self.max_tokens, "must be an integer >= 0")
@@ -204,10 +277,18 @@ class KDConfig(SamplingConfig):
         require(self.steps >= 1, "steps", self.steps, "must be an integer >= 1")
         require(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
         require(self.alpha_warmup_steps >= 0, "alpha_warmup_steps", self.alpha_warmup_steps, "must be an integer >= 0")
-        require(self.softening_temperature > 0 and finite(self.softening_temperature), "softening_temperature",
-                self.softening_temperature, "must be a finite number > 0 (the softening temperature T of the KL)")
-        require(self.rollout_temperature > 0 and finite(self.rollout_temperature), "rollout_temperature",
-                self.rollout_temperature, "must be a finite number > 0")
+        require(
+            self.softening_temperature > 0 and finite(self.softening_temperature),
+            "softening_temperature",
+            self.softening_temperature,
+            "must be a finite number > 0 (the softening temperature T of the KL)",
+        )
+        require(
+            self.rollout_temperature > 0 and finite(self.rollout_temperature),
+            "rollout_temperature",
+            self.rollout_temperature,
+            "must be a finite number > 0",
+        )
         require(self.samples_per_prompt >= 1, "samples_per_prompt", self.samples_per_prompt, "must be an integer >= 1")
 
 

@@ -27,11 +27,14 @@ class LoraConfig:
         require(self.r >= 1, "r", self.r, "must be an integer >= 1")
         require(self.alpha > 0, "alpha", self.alpha, "must be a finite number > 0")
         require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        require(isinstance(self.target_modules, str) or isinstance(self.target_modules, list)
-                and all(isinstance(m, str) for m in self.target_modules), "target_modules", self.target_modules,
-                "must be all-linear or a list of module names")
+        require(
+            isinstance(self.target_modules, str)
+            or isinstance(self.target_modules, list)
+            and all(isinstance(m, str) for m in self.target_modules),
+            "target_modules",
+            self.target_modules,
+            "must be all-linear or a list of module names",
+        )
 
     def adapter_shape(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "target_modules": self.target_modules}
-
-

@@ -64,11 +64,15 @@ def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
             raise GADError(f"{prefix}{err.field}: {err.why}") from None
         raise GADError(f"{prefix}{err.field}={_as_given(node, err.field, err.value)} is invalid: {err.why}") from None
     except ConfigKeyError as err:
-        raise GADError(f"{prefix}{err.full_key}: unknown key (known: {', '.join(_fields(schema, err.full_key))})") from None
+        raise GADError(
+            f"{prefix}{err.full_key}: unknown key (known: {', '.join(_fields(schema, err.full_key))})"
+        ) from None
     except MissingMandatoryValue as err:
         raise GADError(f"{prefix}{err.full_key}: required, but not set") from None
     except ValidationError as err:
-        raise GADError(f"{prefix}{err.full_key}={_as_given(node, err.full_key, '?')} is invalid: {_type_words(err)}") from None
+        raise GADError(
+            f"{prefix}{err.full_key}={_as_given(node, err.full_key, '?')} is invalid: {_type_words(err)}"
+        ) from None
     except OmegaConfBaseException as err:  # an interpolation that does not resolve, ...
         where = f"{prefix}{err.full_key}" if getattr(err, "full_key", None) else key
         raise GADError(f"{where}: {' '.join(str(err).splitlines()[0].split())}") from None
@@ -124,8 +128,12 @@ def _fields(schema: type, full_key: str) -> list[str]:
 
 def _type_words(err: ValidationError) -> str:
     text = str(err).splitlines()[0]
-    for name, words in (("Integer", "must be an integer"), ("Float", "must be a number"),
-                        ("Boolean", "must be true or false"), ("String", "must be a string")):
+    for name, words in (
+        ("Integer", "must be an integer"),
+        ("Float", "must be a number"),
+        ("Boolean", "must be true or false"),
+        ("String", "must be a string"),
+    ):
         if f"converted to {name}" in text:
             return words
     return " ".join(text.split())

@@ -108,7 +108,11 @@ def check_composition(cfg: DictConfig) -> None:
             "preset (e.g. model=smollm2-135m, model=qwen2.5-0.5b) or add conf/model/<name>.yaml for it"
         )
     tokenizer = OmegaConf.select(cfg, "model.tokenizer", default=None)
-    if isinstance(tokenizer, DictConfig) and tokenizer.get("path") is not None and tokenizer.get("path") == tokenizer.get("from_scratch"):
+    if (
+        isinstance(tokenizer, DictConfig)
+        and tokenizer.get("path") is not None
+        and tokenizer.get("path") == tokenizer.get("from_scratch")
+    ):
         raise GADError(
             f"model.tokenizer.path={tokenizer.path} is the tokenizer of the from-scratch student, but the student is "
             f"pretrained ({student}); leave model.tokenizer.path null to use the student's own"

@@ -3,7 +3,7 @@
 Training is counted in steps, not epochs: the train loader is an endless stream of
 batches indexed by step, so a run resumed at step k continues with exactly the batch an
 uninterrupted run would have seen. Where the stream starts is handed in with `start_at`
-(by `gad.train.ResumeData`, from the method's step counter restored from the checkpoint).
+(by `gad.fit.ResumeData`, from the method's step counter restored from the checkpoint).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class StepBatchSampler(Sampler[list[int]]):
     (seed, step, rank).
     """
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_rows: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ):
         self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
         self._perms: dict[int, list[int]] = {}
@@ -168,7 +170,9 @@ class DistillDataModule(L.LightningDataModule):
             raise GADError(f"{self.path}: every prompt is longer than data.max_prompt_tokens={self.max_prompt_tokens}")
         train, val = validation_split(encoded, self.val_size, self.seed)
         stats.update(train=len(train), validation=len(val))
-        return datasets.DatasetDict(train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)), stats
+        return datasets.DatasetDict(
+            train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)
+        ), stats
 
     def _encode(self, records: list[dict], stats: dict[str, Any]) -> list[dict]:
         conversations = [with_system_prompt(r["messages"], self.system_prompt, self.tokenizer) for r in records]
@@ -201,9 +205,22 @@ class DistillDataModule(L.LightningDataModule):
             source = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in dump_files(self.path)]
         tok = self.tokenizer
         key = json.dumps(
-            [CACHE_FORMAT, source, tok.name_or_path, len(tok), tok.chat_template, self.end_of_turn, asdict(self.columns),
-             self.skip_invalid, self.max_prompt_tokens, self.max_response_tokens, self.truncation, self.val_size, self.seed,
-             self.system_prompt],
+            [
+                CACHE_FORMAT,
+                source,
+                tok.name_or_path,
+                len(tok),
+                tok.chat_template,
+                self.end_of_turn,
+                asdict(self.columns),
+                self.skip_invalid,
+                self.max_prompt_tokens,
+                self.max_response_tokens,
+                self.truncation,
+                self.val_size,
+                self.seed,
+                self.system_prompt,
+            ],
             default=str,
         )
         return Path(self.cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -234,8 +251,13 @@ class DistillDataModule(L.LightningDataModule):
             p, r = row["prompt_ids"], row["response_ids"]
             prompt_ids[i, p_len - len(p) :], prompt_mask[i, p_len - len(p) :] = torch.tensor(p), 1
             response_ids[i, : len(r)], response_mask[i, : len(r)] = torch.tensor(r), 1
-        return {"ids": [r["id"] for r in rows], "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-                "response_ids": response_ids, "response_mask": response_mask}
+        return {
+            "ids": [r["id"] for r in rows],
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "response_ids": response_ids,
+            "response_mask": response_mask,
+        }
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() first"
@@ -246,4 +268,6 @@ class DistillDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup() first"
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=self.collate, num_workers=self.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=self.val_batch_size, collate_fn=self.collate, num_workers=self.num_workers
+        )

@@ -56,12 +56,16 @@ def dump_format(path: Path) -> str | None:
 def _check_file(p: Path) -> None:
     """Refuse, by name, a file that must not be read as a dump."""
     if is_sidecar(p):
-        raise GADError(f"{p}: a collect.py sidecar (prompts without a usable answer: refusals and failures), "
-                       "not training data; point data.path at the output file or its folder")
+        raise GADError(
+            f"{p}: a collect.py sidecar (prompts without a usable answer: refusals and failures), "
+            "not training data; point data.path at the output file or its folder"
+        )
     if dump_format(p) is None:
         kind = "compressed " if p.suffix in (*COMPRESSED, *UNREADABLE) else ""
-        raise GADError(f"{p}: unsupported {kind}dump format '{''.join(p.suffixes[-2:]) or p.name}' "
-                       "(use .jsonl, .jsonl.gz/.bz2/.xz or .parquet)")
+        raise GADError(
+            f"{p}: unsupported {kind}dump format '{''.join(p.suffixes[-2:]) or p.name}' "
+            "(use .jsonl, .jsonl.gz/.bz2/.xz or .parquet)"
+        )
 
 
 @dataclass
@@ -143,7 +147,10 @@ def _iter_jsonl(file: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    yield lineno, RowError(f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)")
+                    yield (
+                        lineno,
+                        RowError(f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)"),
+                    )
                     continue
                 if not line.strip():
                     continue
@@ -162,8 +169,7 @@ def _iter_parquet(file: Path) -> Iterator[tuple[int, Any]]:
         table = pq.read_table(file)
     except Exception as err:  # pyarrow raises several unrelated types for a bad file
         raise GADError(f"{file}: not a readable Parquet file ({err})") from None
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield i, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -176,8 +182,7 @@ def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
         if "Offline" in reason or os.environ.get("HF_HUB_OFFLINE") == "1":
             reason = "the Hugging Face hub is unreachable (offline)"
         raise GADError(f"cannot load hub dataset '{dataset_id}' split '{split}': {reason}") from None
-    for i, row in enumerate(ds, start=1):
-        yield i, row
+    yield from enumerate(ds, start=1)
 
 
 def iter_raw_rows(path: str, split: str = "train", report: LoadReport | None = None) -> Iterator[tuple[str, int, Any]]:
@@ -197,7 +202,11 @@ def _check_messages(messages: Any, key: str) -> list[dict[str, str]]:
         raise RowError(f"'{key}' must be a non-empty list of {{role, content}} messages")
     out = []
     for turn in messages:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
+        ):
             raise RowError(f"'{key}' has a message that is not {{role: str, content: str}}")
         out.append({"role": turn["role"], "content": turn["content"]})
     if out[-1]["role"] != "user":
@@ -242,7 +251,7 @@ def normalise_row(row: Any, columns: Columns, row_no: int, require_response: boo
 
 def read_records(
     path: str | os.PathLike,
-    columns: Columns = Columns(),
+    columns: Columns | None = None,
     *,
     split: str = "train",
     skip_invalid: bool = False,
@@ -253,6 +262,7 @@ def read_records(
     Raises `GADError` ("<file> row <n>: <what>") at the first bad row, or with
     `skip_invalid` drops bad rows and counts them in the returned report.
     """
+    columns = columns or Columns()
     report = LoadReport(source=str(path))
     records: list[dict[str, Any]] = []
     seen: set[str] = set()

@@ -30,7 +30,7 @@ from gad.evaluation.metrics import (
     token_length,
     toy_correct,
 )
-from gad.evaluation.models import ModelSpec, load_tokenizer_for, resolve_spec
+from gad.evaluation.model_specs import ModelSpec, load_tokenizer_for, resolve_spec
 from gad.evaluation.sets import PromptSet, check_name, load_set
 
 EXIT_INCOMPLETE = 3  # some judge requests failed this time: re-run the same command to finish
@@ -61,7 +61,9 @@ def resolve_models(cfg: DictConfig) -> dict[str, ModelSpec]:
     if models is None:
         models = _plain(cfg.benchmark.get("models"))
     if not isinstance(models, Mapping) or not models:
-        raise GADError("models: name at least one model, e.g. models='{before: Qwen/Qwen2.5-3B-Instruct, gad: outputs/train/runs/<run>}'")
+        raise GADError(
+            "models: name at least one model, e.g. models='{before: Qwen/Qwen2.5-3B-Instruct, gad: outputs/train/runs/<run>}'"
+        )
     return {check_name("models", n): resolve_spec(n, s, cfg.paths.log_dir) for n, s in models.items()}
 
 
@@ -109,9 +111,17 @@ def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, 
         tokenizer = load_tokenizer_for(spec)
         tokenizers[name] = tokenizer
         cache[name] = CacheStats()
-        with StudentRunner(spec, tokenizer, cfg.cache_dir, gen=gen, ppl=ppl, device=str(cfg.device), dtype=str(cfg.dtype),
-                           attn_implementation=str(cfg.attn_implementation),
-                           console=console if cfg.progress else None) as runner:
+        with StudentRunner(
+            spec,
+            tokenizer,
+            cfg.cache_dir,
+            gen=gen,
+            ppl=ppl,
+            device=str(cfg.device),
+            dtype=str(cfg.dtype),
+            attn_implementation=str(cfg.attn_implementation),
+            console=console if cfg.progress else None,
+        ) as runner:
             for pset in sets:
                 out = runner.run(pset.records, description=f"{name} / {pset.name}")
                 cache[name].add(out.stats)
@@ -134,8 +144,9 @@ def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, 
     if judge is not None and judge_stats is not None:
         from gad.api import estimate_cost
 
-        cost = estimate_cost(judge_stats.tokens_in, judge_stats.tokens_out, judge.cfg.price_in_per_mtok,
-                             judge.cfg.price_out_per_mtok)
+        cost = estimate_cost(
+            judge_stats.tokens_in, judge_stats.tokens_out, judge.cfg.price_in_per_mtok, judge.cfg.price_out_per_mtok
+        )
     return Evaluation(models, sets, prompts, rows, cache, judge_stats, judge.cfg.model if judge else None, cost)
 
 
@@ -144,8 +155,12 @@ def _prompt_row(record: dict, response: str, nll: float | None, nll_tokens: int 
     tokens = token_length(tokenizer, response)
     teacher_tokens = token_length(tokenizer, teacher)
     row: dict[str, Any] = {
-        "id": record["id"], "messages": record["messages"], "teacher": teacher, "response": response,
-        "tokens": tokens, "teacher_tokens": teacher_tokens,
+        "id": record["id"],
+        "messages": record["messages"],
+        "teacher": teacher,
+        "response": response,
+        "tokens": tokens,
+        "teacher_tokens": teacher_tokens,
         "length_ratio": tokens / teacher_tokens if teacher_tokens else None,
     }
     row.update(text_metrics(response, teacher))
@@ -163,7 +178,9 @@ def _judge(judge: Judge, prompts: dict[tuple[str, str], list[dict]], tokenizers:
             pairs.append(PairRequest(key, row["messages"], row["response"]))
     results = judge.run(pairs, by_prompt)
     for (model, _), rows in prompts.items():
-        for row, pair in zip(rows, (PairRequest(prompt_sha(r["messages"]), r["messages"], r["response"]) for r in rows)):
+        for row, pair in zip(
+            rows, (PairRequest(prompt_sha(r["messages"]), r["messages"], r["response"]) for r in rows)
+        ):
             reference = results.references.get(pair.prompt)
             row["judge_reference"] = reference
             row["reference_tokens"] = token_length(tokenizers[model], reference)
@@ -195,7 +212,9 @@ def summarize(rows: list[dict[str, Any]], low: float, high: float, judged: bool)
     out["tokens_mean"] = mean([r["tokens"] for r in rows])
     with_teacher = [r for r in rows if r["teacher"] is not None]
     out["teacher_tokens_mean"] = mean([r["teacher_tokens"] for r in with_teacher])
-    out["length_ratio"] = ratio_of_sums([r["tokens"] for r in with_teacher], [r["teacher_tokens"] for r in with_teacher])
+    out["length_ratio"] = ratio_of_sums(
+        [r["tokens"] for r in with_teacher], [r["teacher_tokens"] for r in with_teacher]
+    )
     out["rougeL"] = mean([r["rougeL"] for r in rows])
     for n in NGRAM_ORDERS:
         out[f"f1_{n}"] = mean([r[f"f1_{n}"] for r in rows])
@@ -216,8 +235,9 @@ def summarize(rows: list[dict[str, Any]], low: float, high: float, judged: bool)
     out["judge_n"] = len(scored)
     out["judge_unparseable"] = sum(1 for r in rows for v in r.get("judge", {}).values() if v == "unparseable")
     # prompts a re-run can still complete: no reference yet, or an order whose request failed
-    out["judge_missing"] = sum(1 for r in rows if r.get("judge_reference") is None or
-                               any(v is None for v in r.get("judge", {}).values()))
+    out["judge_missing"] = sum(
+        1 for r in rows if r.get("judge_reference") is None or any(v is None for v in r.get("judge", {}).values())
+    )
     out["judge_length_ratio"] = ratio_of_sums([r["tokens"] for r in scored], [r["reference_tokens"] for r in scored])
     ratios = [max(r["tokens"], 1) / max(r["reference_tokens"], 1) for r in scored]
     out["judge_lc_subset"], out["judge_lc_subset_n"] = lc.subset_score(s, ref, ratios, low, high)

@@ -23,7 +23,7 @@ import torch
 from gad.api.journal import Journal
 from gad.chat import with_system_prompt
 from gad.config.typed import finite, require
-from gad.evaluation.models import ModelSpec, load_model_for
+from gad.evaluation.model_specs import ModelSpec, load_model_for
 
 
 def sha(obj: Any) -> str:
@@ -58,8 +58,13 @@ class GenerationParams:
         """What changes the text (batch size does not, for greedy decoding)."""
         if self.greedy:
             return {"max_new_tokens": self.max_new_tokens, "greedy": True}
-        return {"max_new_tokens": self.max_new_tokens, "greedy": False, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "greedy": False,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
 
 @dataclass
@@ -108,9 +113,19 @@ class StudentOutputs:
 class StudentRunner:
     """Generations and NLLs of one model over any number of prompt lists, through the cache."""
 
-    def __init__(self, spec: ModelSpec, tokenizer, cache_dir: str | Path, *, gen: GenerationParams,
-                 ppl: PerplexityParams, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
-                 console=None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        tokenizer,
+        cache_dir: str | Path,
+        *,
+        gen: GenerationParams,
+        ppl: PerplexityParams,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        console=None,
+    ):
         self.spec, self.tokenizer = spec, tokenizer
         self.gen, self.ppl = gen, ppl
         self.load_kwargs = dict(device=device, dtype=dtype, attn_implementation=attn_implementation)
@@ -145,8 +160,12 @@ class StudentRunner:
         return "gen:" + sha({**self.base, "prompt": prompt_sha(messages), "params": self.gen.key()})[:40]
 
     def nll_key(self, messages: list[dict], response: str) -> str:
-        return "nll:" + sha({**self.base, "prompt": prompt_sha(messages), "response": sha(response)[:32],
-                             "params": self.ppl.key()})[:40]
+        return (
+            "nll:"
+            + sha(
+                {**self.base, "prompt": prompt_sha(messages), "response": sha(response)[:32], "params": self.ppl.key()}
+            )[:40]
+        )
 
     def _store(self, record: dict[str, Any]) -> None:
         self.journal.append(record)
@@ -200,11 +219,17 @@ class StudentRunner:
         model = self._model()
         tok = self.tokenizer
         config = generation_config(
-            max_new_tokens=self.gen.max_new_tokens, eos_ids=self.eos_ids, pad_id=tok.pad_token_id,
-            temperature=self.gen.temperature, top_p=self.gen.top_p, greedy=self.gen.greedy,
+            max_new_tokens=self.gen.max_new_tokens,
+            eos_ids=self.eos_ids,
+            pad_id=tok.pad_token_id,
+            temperature=self.gen.temperature,
+            top_p=self.gen.top_p,
+            greedy=self.gen.greedy,
         )
         items = [(key, with_system_prompt(m, self.gen.system_prompt, tok)) for key, m in missing.items()]
-        lengths = tok.apply_chat_template([m for _, m in items], add_generation_prompt=True, tokenize=True, return_dict=False)
+        lengths = tok.apply_chat_template(
+            [m for _, m in items], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         order = sorted(range(len(items)), key=lambda i: -len(lengths[i]))  # similar lengths batch together
         if not self.gen.greedy:
             torch.manual_seed(self.gen.seed)
@@ -212,8 +237,15 @@ class StudentRunner:
         progress = _progress(self.console, f"generate {description}", len(items))
         for start in range(0, len(order), self.gen.batch_size):
             chunk = [items[i] for i in order[start : start + self.gen.batch_size]]
-            texts = generate_texts(model, tok, [m for _, m in chunk], max_new_tokens=self.gen.max_new_tokens,
-                                   batch_size=len(chunk), eos_ids=self.eos_ids, config=config)
+            texts = generate_texts(
+                model,
+                tok,
+                [m for _, m in chunk],
+                max_new_tokens=self.gen.max_new_tokens,
+                batch_size=len(chunk),
+                eos_ids=self.eos_ids,
+                config=config,
+            )
             for (key, _), text in zip(chunk, texts):
                 self._store({"id": key, "response": text})
             done += len(chunk)
@@ -228,7 +260,9 @@ class StudentRunner:
         model = self._model()
         tok = self.tokenizer
         items = [(key, (with_system_prompt(m, self.gen.system_prompt, tok), t)) for key, (m, t) in todo.items()]
-        prompts = tok.apply_chat_template([m for _, (m, _) in items], add_generation_prompt=True, tokenize=True, return_dict=False)
+        prompts = tok.apply_chat_template(
+            [m for _, (m, _) in items], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         responses = tok([t for _, (_, t) in items], add_special_tokens=False)["input_ids"]
         end = tok.eos_token_id  # the end-of-turn token training appends (data.end_of_turn default)
         rows = []
@@ -249,8 +283,13 @@ class StudentRunner:
                 ids[i, width - len(seq) :] = torch.tensor(seq)
                 mask[i, width - len(seq) :] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-                           logits_to_keep=r_max + 1).logits[:, :-1]
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                use_cache=False,
+                logits_to_keep=r_max + 1,
+            ).logits[:, :-1]
             targets = ids[:, -r_max:]
             logps = token_logprobs(logits, targets)
             for i, (key, _, r) in enumerate(chunk):
@@ -267,8 +306,14 @@ def _progress(console, description: str, total: int):
         return lambda done: None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=False)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     task = bar.add_task(description, total=total)
     bar.start()
 

@@ -131,15 +131,21 @@ class JudgeConfig(ClientSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(bool(self.model.strip()), "model", self.model, "must name the judge model (e.g. gpt-4o)")
-        require(self.max_tokens_field in ("max_tokens", "max_completion_tokens"), "max_tokens_field",
-                self.max_tokens_field, "must be max_tokens or max_completion_tokens")
+        require(
+            self.max_tokens_field in ("max_tokens", "max_completion_tokens"),
+            "max_tokens_field",
+            self.max_tokens_field,
+            "must be max_tokens or max_completion_tokens",
+        )
         require(self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")
         require(self.parse_retries >= 0, "parse_retries", self.parse_retries, "must be >= 0")
         require(self.abort_after_failures >= 0, "abort_after_failures", self.abort_after_failures, "must be >= 0")
         t = self.temperature
         require(t is None or (finite(t) and 0 <= t <= 2), "temperature", t, "must be >= 0 and <= 2")
-        for name, value in (("reference.max_tokens", self.reference.max_tokens),
-                            ("verdict.max_tokens", self.verdict.max_tokens)):
+        for name, value in (
+            ("reference.max_tokens", self.reference.max_tokens),
+            ("verdict.max_tokens", self.verdict.max_tokens),
+        ):
             require(value is None or value >= 1, name, value, "must be >= 1")
         for name in ("price_in_per_mtok", "price_out_per_mtok"):
             price = getattr(self, name)
@@ -168,7 +174,9 @@ class JudgeConfig(ClientSettings):
         return sha([self.model, self.params(self.reference_max_tokens), self.reference_system_prompt])[:16]
 
     def verdict_fp(self) -> str:
-        return sha([self.model, self.params(self.verdict_max_tokens), TEMPLATE_VERSION, JUDGE_SYSTEM, JUDGE_INSTRUCTION])[:16]
+        return sha(
+            [self.model, self.params(self.verdict_max_tokens), TEMPLATE_VERSION, JUDGE_SYSTEM, JUDGE_INSTRUCTION]
+        )[:16]
 
     def reference_key(self, prompt: str) -> str:
         return "ref:" + sha([self.reference_fp(), prompt])[:40]
@@ -202,11 +210,19 @@ class JudgeStats:
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"references_cached": self.references_cached, "references_sent": self.references_sent,
-                "verdicts_cached": self.verdicts_cached, "verdicts_sent": self.verdicts_sent,
-                "requests": self.requests, "http_retries": self.http_retries, "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out, "failed": dict(self.failed), "rejected": dict(self.rejected),
-                "elapsed_s": round(self.elapsed_s, 2)}
+        return {
+            "references_cached": self.references_cached,
+            "references_sent": self.references_sent,
+            "verdicts_cached": self.verdicts_cached,
+            "verdicts_sent": self.verdicts_sent,
+            "requests": self.requests,
+            "http_retries": self.http_retries,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "failed": dict(self.failed),
+            "rejected": dict(self.rejected),
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
 
 
 @dataclass
@@ -236,8 +252,10 @@ class Judge:
         from gad.api import Journal
 
         stats = JudgeStats()
-        journals = [Journal(self.dir / f"{name}.jsonl", index_fields=("status",)) for name in
-                    ("references", "references.failures", "verdicts", "verdicts.failures")]
+        journals = [
+            Journal(self.dir / f"{name}.jsonl", index_fields=("status",))
+            for name in ("references", "references.failures", "verdicts", "verdicts.failures")
+        ]
         for j in journals:
             j.open()
         try:
@@ -246,8 +264,9 @@ class Judge:
             asyncio.run(self._run(pairs, messages_by_prompt, refs, ref_fail, vrd, vrd_fail, stats, stats_holder))
             references = self._texts(refs, {self.cfg.reference_key(p): p for p in messages_by_prompt})
             verdicts = {r["id"]: (float(r["s1"]), float(r["s2"])) for r in vrd.records()}
-            unparseable = {r["id"] for r in vrd_fail.records()
-                           if r.get("reason") == "unparseable" and r["id"] not in verdicts}
+            unparseable = {
+                r["id"] for r in vrd_fail.records() if r.get("reason") == "unparseable" and r["id"] not in verdicts
+            }
         finally:
             for j in journals:
                 j.close()
@@ -285,9 +304,15 @@ class Judge:
             if ref_todo:
                 client = make_client(self.settings, self.key, concurrency=cfg.concurrency)
                 run = await run_journaled(
-                    ref_todo, lambda item: self._reference(client, item, messages_by_prompt[item["prompt"]], stats),
-                    output=refs, failures=ref_fail, concurrency=cfg.concurrency, retry_counts=client.retry_counts,
-                    abort_after_failures=cfg.abort_after_failures, progress=self.progress, description="judge: references",
+                    ref_todo,
+                    lambda item: self._reference(client, item, messages_by_prompt[item["prompt"]], stats),
+                    output=refs,
+                    failures=ref_fail,
+                    concurrency=cfg.concurrency,
+                    retry_counts=client.retry_counts,
+                    abort_after_failures=cfg.abort_after_failures,
+                    progress=self.progress,
+                    description="judge: references",
                 )
                 stats.references_sent = run.done
                 stats.failed.update({f"reference {k}": v for k, v in run.failed.items()})
@@ -309,9 +334,15 @@ class Judge:
                 if client is None:
                     client = make_client(self.settings, self.key, concurrency=cfg.concurrency)
                 run = await run_journaled(
-                    todo, lambda item: self._verdict(client, item, messages_by_prompt[item["prompt"]], stats),
-                    output=vrd, failures=vrd_fail, concurrency=cfg.concurrency, retry_counts=client.retry_counts,
-                    abort_after_failures=cfg.abort_after_failures, progress=self.progress, description="judge: verdicts",
+                    todo,
+                    lambda item: self._verdict(client, item, messages_by_prompt[item["prompt"]], stats),
+                    output=vrd,
+                    failures=vrd_fail,
+                    concurrency=cfg.concurrency,
+                    retry_counts=client.retry_counts,
+                    abort_after_failures=cfg.abort_after_failures,
+                    progress=self.progress,
+                    description="judge: verdicts",
                 )
                 stats.verdicts_sent = run.done
                 stats.failed.update({f"verdict {k}": v for k, v in run.failed.items()})
@@ -328,7 +359,9 @@ class Judge:
 
         stats.requests += 1
         try:
-            reply = await chat_completion(client, model=self.cfg.model, messages=messages, params=self.cfg.params(max_tokens))
+            reply = await chat_completion(
+                client, model=self.cfg.model, messages=messages, params=self.cfg.params(max_tokens)
+            )
         except Exception as exc:  # classified below; anything unknown is re-raised by classify_error
             info = classify_error(exc, secrets=[self.key], where=str(self.settings.base_url or "the OpenAI API"))
             if info.fatal:
@@ -351,7 +384,9 @@ class Judge:
         if not reply.text or not reply.text.strip():
             return Outcome(FAILED, {"id": item["id"], "detail": "empty reply"}, kind="empty")
         record = {"id": item["id"], "text": reply.text, "model": reply.model, "finish_reason": reply.finish_reason}
-        return Outcome(OK, record, tokens_in=reply.prompt_tokens, tokens_out=reply.completion_tokens, retries=reply.retries)
+        return Outcome(
+            OK, record, tokens_in=reply.prompt_tokens, tokens_out=reply.completion_tokens, retries=reply.retries
+        )
 
     async def _verdict(self, client, item: dict, messages: list[dict], stats: JudgeStats):
         from gad.api import FAILED, OK, REJECTED, Outcome

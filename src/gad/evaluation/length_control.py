@@ -34,7 +34,9 @@ def log_ratio(student_tokens: int, reference_tokens: int) -> float:
     return math.log(max(student_tokens, 1) / max(reference_tokens, 1))
 
 
-def subset_score(s: Sequence[float], r: Sequence[float], ratios: Sequence[float], low: float, high: float) -> tuple[float, int]:
+def subset_score(
+    s: Sequence[float], r: Sequence[float], ratios: Sequence[float], low: float, high: float
+) -> tuple[float, int]:
     """(raw score over prompts with low <= ratio <= high, how many)."""
     keep = [i for i, q in enumerate(ratios) if low <= q <= high]
     return raw_score([s[i] for i in keep], [r[i] for i in keep]), len(keep)

@@ -1,9 +1,9 @@
 """What an evaluation leaves behind: per (set, model) JSONL, summary.csv/json, a table, a plot.
 
-    <out>/<set>/<model>.jsonl   one line per prompt: prompt, teacher, generation, every score
-    <out>/summary.csv           one row per (model, set), every summary number
-    <out>/summary.json          the same rows, plus cache hits / new work and judge request counts
-    <out>/score_vs_length.png   score against length ratio, one colour per model, one point per set
+<out>/<set>/<model>.jsonl   one line per prompt: prompt, teacher, generation, every score
+<out>/summary.csv           one row per (model, set), every summary number
+<out>/summary.json          the same rows, plus cache hits / new work and judge request counts
+<out>/score_vs_length.png   score against length ratio, one colour per model, one point per set
 """
 
 from __future__ import annotations
@@ -68,11 +68,17 @@ def cache_report(evaluation) -> dict[str, Any]:
             loaded.append(name)
     out: dict[str, Any] = {"generation": gen, "perplexity": nll, "models_loaded": loaded}
     if evaluation.judge is not None:
-        out["judge"] = {"model": evaluation.judge_model, **evaluation.judge.as_dict(), "cost_usd": evaluation.judge_cost}
+        out["judge"] = {
+            "model": evaluation.judge_model,
+            **evaluation.judge.as_dict(),
+            "cost_usd": evaluation.judge_cost,
+        }
     return out
 
 
-def write_outputs(evaluation, out_dir: Path, cfg: DictConfig, *, title: str = "evaluation", extra: dict | None = None) -> dict:
+def write_outputs(
+    evaluation, out_dir: Path, cfg: DictConfig, *, title: str = "evaluation", extra: dict | None = None
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     for (model, set_name), rows in evaluation.prompts.items():
         write_jsonl(rows, out_dir / set_name / f"{model}.jsonl")
@@ -87,8 +93,10 @@ def write_outputs(evaluation, out_dir: Path, cfg: DictConfig, *, title: str = "e
         "rows": rows,
         "cache": cache_report(evaluation),
         "sets": {s.name: {"source": s.source, "prompts": len(s.records)} for s in evaluation.sets},
-        "models": {n: {"spec": m.spec, "kind": m.kind, "path": m.path, "fingerprint": m.fingerprint}
-                   for n, m in evaluation.models.items()},
+        "models": {
+            n: {"spec": m.spec, "kind": m.kind, "path": m.path, "fingerprint": m.fingerprint}
+            for n, m in evaluation.models.items()
+        },
         "generation": OmegaConf.to_container(cfg.generation, resolve=True),
         "length_control": OmegaConf.to_container(cfg.length_control, resolve=True),
         **(extra or {}),
@@ -131,12 +139,16 @@ def print_table(rows: list[dict[str, Any]], title: str = "evaluation") -> None:
 
 def print_cache_line(cache: dict[str, Any]) -> None:
     gen, nll = cache["generation"], cache["perplexity"]
-    line = (f"cache: generations {gen['new']} new / {gen['cached']} cached; "
-            f"teacher NLL {nll['new']} new / {nll['cached']} cached")
+    line = (
+        f"cache: generations {gen['new']} new / {gen['cached']} cached; "
+        f"teacher NLL {nll['new']} new / {nll['cached']} cached"
+    )
     judge = cache.get("judge")
     if judge:
-        line += (f"; judge {judge['requests']} requests (references {judge['references_sent']} sent / "
-                 f"{judge['references_cached']} cached, verdicts {judge['verdicts_sent']} sent / {judge['verdicts_cached']} cached)")
+        line += (
+            f"; judge {judge['requests']} requests (references {judge['references_sent']} sent / "
+            f"{judge['references_cached']} cached, verdicts {judge['verdicts_sent']} sent / {judge['verdicts_cached']} cached)"
+        )
         if judge.get("cost_usd") is not None:
             line += f", about ${judge['cost_usd']:.4f} this run"
     print(line)
@@ -149,19 +161,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for key, label, scale in (("judge_score", "judge score (50 = parity with the judge)", 1.0),
-                              ("toy_accuracy", "toy accuracy (%)", 100.0), ("rougeL", "ROUGE-L x 100", 100.0)):
+    for key, label, scale in (  # noqa: B007  (the first metric present: read after the loop)
+        ("judge_score", "judge score (50 = parity with the judge)", 1.0),
+        ("toy_accuracy", "toy accuracy (%)", 100.0),
+        ("rougeL", "ROUGE-L x 100", 100.0),
+    ):
         if any(_defined(r.get(key)) for r in rows):
             break
     else:
         return None
-    x_key, x_label = ("judge_length_ratio", "length / judge reference (tokens)") if key == "judge_score" else \
-        ("length_ratio", "length / teacher (tokens)")
+    x_key, x_label = (
+        ("judge_length_ratio", "length / judge reference (tokens)")
+        if key == "judge_score"
+        else ("length_ratio", "length / teacher (tokens)")
+    )
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     models = list(dict.fromkeys(r["model"] for r in rows))
     for i, model in enumerate(models):
-        pts = [(r[x_key], r[key] * scale, r["set"]) for r in rows
-               if r["model"] == model and _defined(r.get(x_key)) and _defined(r.get(key))]
+        pts = [
+            (r[x_key], r[key] * scale, r["set"])
+            for r in rows
+            if r["model"] == model and _defined(r.get(x_key)) and _defined(r.get(key))
+        ]
         if not pts:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=model, color=f"C{i}", s=40)

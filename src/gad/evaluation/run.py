@@ -28,7 +28,9 @@ def evaluate(cfg: DictConfig) -> int:
     evaluation = score(models, sets, cfg, console)
     write_outputs(evaluation, out_dir, cfg)
     if evaluation.incomplete:
-        console.print(f"[yellow]{evaluation.incomplete} prompts have no complete judge verdict (requests failed); "
-                      "re-run the same command to finish them[/yellow]")
+        console.print(
+            f"[yellow]{evaluation.incomplete} prompts have no complete judge verdict (requests failed); "
+            "re-run the same command to finish them[/yellow]"
+        )
         return EXIT_INCOMPLETE
     return 0

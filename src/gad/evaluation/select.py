@@ -26,11 +26,18 @@ from omegaconf import DictConfig
 
 from gad.errors import GADError
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
-from gad.evaluation.models import CKPT, ModelSpec, fingerprint
+from gad.evaluation.model_specs import CKPT, ModelSpec, fingerprint
 from gad.evaluation.sets import PromptSet, load_set
 
-METRICS = {"judge_score": +1, "judge_lc_regression": +1, "judge_lc_subset": +1, "toy_accuracy": +1, "rougeL": +1,
-           "f1_mean": +1, "perplexity": -1}
+METRICS = {
+    "judge_score": +1,
+    "judge_lc_regression": +1,
+    "judge_lc_subset": +1,
+    "toy_accuracy": +1,
+    "rougeL": +1,
+    "f1_mean": +1,
+    "perplexity": -1,
+}
 
 
 def validation_set(cfg: DictConfig, run_dir: Path) -> PromptSet:
@@ -42,10 +49,16 @@ def validation_set(cfg: DictConfig, run_dir: Path) -> PromptSet:
         return load_set("validation", cfg.select.prompts, cfg.get("limit"))
     data = run_config(run_dir).data
     if int(data.get("val_size") or 0) <= 0:
-        raise GADError(f"{run_dir}: the run held out no validation split (data.val_size=0); name one with select.prompts=<file>")
+        raise GADError(
+            f"{run_dir}: the run held out no validation split (data.val_size=0); name one with select.prompts=<file>"
+        )
     columns = Columns(**dict(data.get("columns") or {}))
-    records, _ = read_records(str(data.path), columns, split=str(data.get("split", "train")),
-                              skip_invalid=bool(data.get("skip_invalid", False)))
+    records, _ = read_records(
+        str(data.path),
+        columns,
+        split=str(data.get("split", "train")),
+        skip_invalid=bool(data.get("skip_invalid", False)),
+    )
     _, held = validation_split(records, int(data.val_size), int(data.seed))
     if cfg.get("limit"):
         held = held[: int(cfg.limit)]
@@ -92,7 +105,9 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
     if sel.get("include_last") and (run_dir / "checkpoints" / "last.ckpt").exists():
         ckpts.append(run_dir / "checkpoints" / "last.ckpt")
     if not ckpts:
-        raise GADError(f"select.run: {run_dir} has no checkpoints/step_*.ckpt (set callbacks.step_checkpoint.every_n_steps)")
+        raise GADError(
+            f"select.run: {run_dir} has no checkpoints/step_*.ckpt (set callbacks.step_checkpoint.every_n_steps)"
+        )
     metric = str(sel.get("metric") or "auto")
     if metric != "auto" and metric not in METRICS:
         raise GADError(f"select.metric must be auto or one of {sorted(METRICS)}, got {metric!r}")
@@ -118,15 +133,35 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
             metric = "rougeL"
     sign = METRICS[metric]
     length_key = "length_ratio" if valset.has_teacher else "judge_length_ratio"
-    table_rows = [{"checkpoint": path.name, "step": _step(path), "path": str(path.resolve()),
-                   metric: row.get(metric, math.nan), length_key: row.get(length_key, math.nan)}
-                  for path, row in zip(ckpts, rows)]
+    table_rows = [
+        {
+            "checkpoint": path.name,
+            "step": _step(path),
+            "path": str(path.resolve()),
+            metric: row.get(metric, math.nan),
+            length_key: row.get(length_key, math.nan),
+        }
+        for path, row in zip(ckpts, rows)
+    ]
     best = pick_best(table_rows, metric, length_key, bound)
-    selection = {"run": str(run_dir.resolve()), "validation": valset.source, "prompts": len(valset.records),
-                 "metric": metric, "higher_is_better": sign > 0, "max_length_ratio": bound, "length_key": length_key,
-                 "checkpoints": table_rows, "best": best["path"] if best else None}
-    write_outputs(evaluation, out_dir, cfg, title=f"checkpoints of {run_dir.name} on {valset.name}",
-                  extra={"selection": selection})
+    selection = {
+        "run": str(run_dir.resolve()),
+        "validation": valset.source,
+        "prompts": len(valset.records),
+        "metric": metric,
+        "higher_is_better": sign > 0,
+        "max_length_ratio": bound,
+        "length_key": length_key,
+        "checkpoints": table_rows,
+        "best": best["path"] if best else None,
+    }
+    write_outputs(
+        evaluation,
+        out_dir,
+        cfg,
+        title=f"checkpoints of {run_dir.name} on {valset.name}",
+        extra={"selection": selection},
+    )
     with open(out_dir / "selection.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table_rows[0]))
         writer.writeheader()
@@ -145,13 +180,22 @@ def _print_selection(selection: dict[str, Any]) -> None:
     from rich.table import Table
 
     metric, key = selection["metric"], selection["length_key"]
-    tab = Table(title=f"checkpoint selection: {metric} ({'higher' if selection['higher_is_better'] else 'lower'} is better), "
-                      f"{key} <= {selection['max_length_ratio']}", title_justify="left")
+    tab = Table(
+        title=f"checkpoint selection: {metric} ({'higher' if selection['higher_is_better'] else 'lower'} is better), "
+        f"{key} <= {selection['max_length_ratio']}",
+        title_justify="left",
+    )
     for col in ("checkpoint", metric, key, "eligible", "best"):
         tab.add_column(col, justify="right" if col not in ("checkpoint",) else "left")
     for r in selection["checkpoints"]:
         fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
-        tab.add_row(r["checkpoint"], fmt(r[metric]), fmt(r[key]), "yes" if r["eligible"] else "no", "<- best" if r["best"] else "")
+        tab.add_row(
+            r["checkpoint"],
+            fmt(r[metric]),
+            fmt(r[key]),
+            "yes" if r["eligible"] else "no",
+            "<- best" if r["best"] else "",
+        )
     Console(width=None if sys.stdout.isatty() else 160).print(tab)
     if selection["best"]:
         print(f"best checkpoint: {selection['best']}")

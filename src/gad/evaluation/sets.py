@@ -51,7 +51,9 @@ def load_set(name: str, spec: Any, limit: int | None = None) -> PromptSet:
     except TypeError:
         raise GADError(f"prompt_sets.{name}.columns: only id, messages, response, teacher, meta") from None
     try:
-        records, _ = read_records(str(spec["path"]), cols, split=str(spec.get("split") or "train"), require_response=False)
+        records, _ = read_records(
+            str(spec["path"]), cols, split=str(spec.get("split") or "train"), require_response=False
+        )
     except GADError as err:
         raise GADError(f"prompt_sets.{name}: {err}") from None
     cap = spec.get("limit", None)

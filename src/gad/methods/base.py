@@ -18,11 +18,11 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gad.config.model import LoraConfig
+from gad.config.typed import typed
 from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
 from gad.losses import masked_sum, token_logprobs
 from gad.methods.optim import NetworkOptim
-from gad.config.model import LoraConfig
-from gad.config.typed import typed
 from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
@@ -48,7 +48,9 @@ class DistillModule(L.LightningModule):
     which ends in `end_step`."""
 
     share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
-    rollout_segment_tokens: int | None = None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
+    rollout_segment_tokens: int | None = (
+        None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
+    )
     last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
 
     def __init__(
@@ -99,8 +101,12 @@ class DistillModule(L.LightningModule):
         raise NotImplementedError
 
     def end_step(
-        self, metrics: dict[str, Any], batch: dict[str, Any], phase: Phase | None = None,
-        rollout: Rollout | None = None, scores: Scores | None = None,
+        self,
+        metrics: dict[str, Any],
+        batch: dict[str, Any],
+        phase: Phase | None = None,
+        rollout: Rollout | None = None,
+        scores: Scores | None = None,
     ) -> dict[str, float]:
         """Count the step, log its metrics, leave its `StepRecord` in `self.last_step` for the callbacks,
         and stop the trainer after the last step. Returns the logged metrics (Lightning's `outputs`)."""
@@ -142,13 +148,24 @@ class DistillModule(L.LightningModule):
         `self.rollout_batch_size`.
         """
         devices = [self.device] if self.device.type == "cuda" else []
-        with self.timed("rollout"), torch.random.fork_rng(devices=devices), gathered(self.generator, self.reshard_after_forward):
+        with (
+            self.timed("rollout"),
+            torch.random.fork_rng(devices=devices),
+            gathered(self.generator, self.reshard_after_forward),
+        ):
             torch.manual_seed(self.rollout_seed())
             return sample(
-                self.generator, batch["prompt_ids"], batch["prompt_mask"], num_samples=self.num_samples,
-                config=self.sampling, eos_ids=torch.tensor(self.eos_ids), micro_batch_size=self.rollout_batch_size,
+                self.generator,
+                batch["prompt_ids"],
+                batch["prompt_mask"],
+                num_samples=self.num_samples,
+                config=self.sampling,
+                eos_ids=torch.tensor(self.eos_ids),
+                micro_batch_size=self.rollout_batch_size,
                 # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded, share_prompt=self.share_prompt, segment_tokens=self.rollout_segment_tokens,
+                synced_gpus=self.sharded,
+                share_prompt=self.share_prompt,
+                segment_tokens=self.rollout_segment_tokens,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)
@@ -207,8 +224,10 @@ class DistillModule(L.LightningModule):
         if name in self.wrapped and name not in self.synced:
             # A training forward on the bare network (e.g. self.generator) skips DDP's all-reduce:
             # each rank would step on its own gradients and the replicas drift apart silently.
-            raise RuntimeError(f"step_optimizer('{name}'): no backward of this step went through "
-                               f"self.network('{name}') with sync, so its gradients were never all-reduced across ranks")
+            raise RuntimeError(
+                f"step_optimizer('{name}'): no backward of this step went through "
+                f"self.network('{name}') with sync, so its gradients were never all-reduced across ranks"
+            )
         self.synced.discard(name)
         index = list(self.networks).index(name)
         net = self.networks[name]
@@ -238,8 +257,15 @@ class DistillModule(L.LightningModule):
         return packed_micro_batches(lengths, self.max_tokens_per_micro_batch)
 
     def response_logprobs(
-        self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-        response_mask: torch.Tensor, temperature: float = 1.0, with_logits: bool = False, group_size: int = 1,
+        self,
+        model: PreTrainedModel,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float = 1.0,
+        with_logits: bool = False,
+        group_size: int = 1,
     ):
         """log q(response token | prefix) [rows, R] for rows `[pad.. prompt | response ..pad]`
         (0 past each response's end), and with `with_logits` the logits at the real response
@@ -257,7 +283,12 @@ class DistillModule(L.LightningModule):
             logp = picked.new_zeros(real.shape).masked_scatter(real, picked)
             return (logp, logits) if with_logits else logp
         logits = forward_after_prompt(
-            model, prompt_ids, prompt_mask, response_ids, response_mask, group_size=group_size,
+            model,
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            group_size=group_size,
             logits_to_keep=response_ids.size(1) + 1,
         )[:, :-1]
         logp = token_logprobs(logits, response_ids, temperature) * real
@@ -291,7 +322,8 @@ class DistillModule(L.LightningModule):
         nll = torch.zeros((), device=self.device)
         for sl in self.row_chunks(batch["prompt_mask"], mask) if self.packed else [slice(None)]:
             logp = self.response_logprobs(
-                self.generator, batch["prompt_ids"][sl], batch["prompt_mask"][sl], batch["response_ids"][sl], mask[sl])
+                self.generator, batch["prompt_ids"][sl], batch["prompt_mask"][sl], batch["response_ids"][sl], mask[sl]
+            )
             nll -= masked_sum(logp, mask[sl])
         tokens = mask.sum()
         self.val_nll.update(nll / tokens.clamp(min=1), weight=tokens)

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from gad import losses
+from gad.discriminator import Discriminator
 from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.methods.optim import NetworkOptim
-from gad.discriminator import Discriminator
 from gad.models import apply_lora, frozen_copy
 from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
@@ -94,12 +94,21 @@ class GADModule(DistillModule):
         if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
             generator_scheduler = functools.partial(
-                generator_scheduler, first_steps=warmup_updates, first_scale=warmup_lr / generator_optimizer.keywords["lr"]
+                generator_scheduler,
+                first_steps=warmup_updates,
+                first_scale=warmup_lr / generator_optimizer.keywords["lr"],
             )
         super().__init__(
-            student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
-            generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
-            lora=lora, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
+            student,
+            tokenizer,
+            generator_optimizer=generator_optimizer,
+            generator_scheduler=generator_scheduler,
+            generator_grad_clip=generator_grad_clip,
+            micro_batch_size=micro_batch_size,
+            seed=seed,
+            profile=profile,
+            lora=lora,
+            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.temperature, self.num_samples, self.max_new_tokens = temperature, num_samples, max_new_tokens
         self.warmup_steps, self.d_only_steps, self.adversarial_steps = warmup_steps, d_only_steps, adversarial_steps
@@ -110,8 +119,11 @@ class GADModule(DistillModule):
         self.rollout_batch_size, self.rollout_segment_tokens = rollout_batch_size, rollout_segment_tokens
         self.share_prompt = share_prompt
         self.sampling = generation_config(
-            max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
-            temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
+            pad_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
         )
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
         discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
@@ -176,7 +188,9 @@ class GADModule(DistillModule):
         rewards, so D is never run twice on the same sequences.
         """
         n = self.num_samples
-        prompts, prompt_mask, responses, response_mask = teacher_then_samples(batch, rollout, self.tokenizer.pad_token_id)
+        prompts, prompt_mask, responses, response_mask = teacher_then_samples(
+            batch, rollout, self.tokenizer.pad_token_id
+        )
         group = n + 1 if self.share_prompt else 1
         num_prompts = batch["prompt_ids"].size(0)
         teacher_scores, student_scores, loss_total = [], [], torch.zeros((), device=self.device)
@@ -187,15 +201,20 @@ class GADModule(DistillModule):
                 chunks = packed_micro_batches(lengths, self.max_tokens_per_micro_batch, group=n + 1)
                 forward_kwargs = {"packed": True}
             else:
-                chunks = [slice(p.start * (n + 1), p.stop * (n + 1))
-                          for p in micro_batches(num_prompts, max(1, self.micro_batch_size // (n + 1)))]
+                chunks = [
+                    slice(p.start * (n + 1), p.stop * (n + 1))
+                    for p in micro_batches(num_prompts, max(1, self.micro_batch_size // (n + 1)))
+                ]
                 forward_kwargs = {"group_size": group}
             for i, rows in enumerate(chunks):
                 width = int(response_mask[rows].sum(1).max()) if self.packed else responses.size(1)
                 with self.network("discriminator", sync=i == len(chunks) - 1) as discriminator:
                     discriminator = discriminator if update else self.discriminator
                     score = discriminator(
-                        prompts[rows], prompt_mask[rows], responses[rows, :width], response_mask[rows, :width],
+                        prompts[rows],
+                        prompt_mask[rows],
+                        responses[rows, :width],
+                        response_mask[rows, :width],
                         **forward_kwargs,
                     ).view(-1, n + 1)
                     t_score, s_score = score[:, 0], score[:, 1:]
@@ -209,7 +228,10 @@ class GADModule(DistillModule):
             if self.packed:  # packed micro-batches may take the prompts out of order: back to the batch's
                 order = torch.cat([rows[:: n + 1] // (n + 1) for rows in chunks]).argsort()
                 scores = Scores(scores.teacher[order], scores.student[order])
-            metrics = {"train/d_loss": loss_total, "train/d_acc": losses.discriminator_accuracy(scores.teacher, scores.student)}
+            metrics = {
+                "train/d_loss": loss_total,
+                "train/d_acc": losses.discriminator_accuracy(scores.teacher, scores.student),
+            }
             if update:
                 metrics["train/grad_norm_d"] = self.step_optimizer("discriminator")
         return scores, metrics
@@ -263,8 +285,12 @@ class GADModule(DistillModule):
         """Whether `model`'s forwards on the rollout run each prompt once per group: asked for
         (`method.share_prompt`), possible for `model` now, a group fits in a micro-batch, and the
         forwards are not packed (a packed row holds each sequence whole)."""
-        return (self.share_prompt and not self.packed and self.micro_batch_size >= self.num_samples
-                and can_share_prompt(model))
+        return (
+            self.share_prompt
+            and not self.packed
+            and self.micro_batch_size >= self.num_samples
+            and can_share_prompt(model)
+        )
 
     def sample_chunks(self, rollout: Rollout, grouped: bool) -> list[slice | torch.Tensor]:
         """Micro-batches of rollout rows; whole prompt groups when `grouped`."""
@@ -277,8 +303,13 @@ class GADModule(DistillModule):
     def rollout_logprobs(self, model, rollout: Rollout, rows: slice, grouped: bool, with_logits: bool = False):
         """`model`'s log-probs of the sampled tokens [rows, R], at the sampling temperature."""
         return self.response_logprobs(
-            model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows],
-            rollout.response_mask[rows], self.temperature, with_logits=with_logits,
+            model,
+            rollout.prompt_ids[rows],
+            rollout.prompt_mask[rows],
+            rollout.response_ids[rows],
+            rollout.response_mask[rows],
+            self.temperature,
+            with_logits=with_logits,
             group_size=self.num_samples if grouped else 1,
         )
 

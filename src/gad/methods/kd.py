@@ -24,16 +24,18 @@ import torch
 
 from gad import kd_losses
 from gad.config.method import KDTeacherConfig
+from gad.kd_teachers import Teacher, TeacherDists, build_teacher
 from gad.losses import masked_sum
 from gad.methods.base import DistillModule
 from gad.rollout import generation_config
-from gad.teachers import Teacher, TeacherDists, build_teacher
 
 
 def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
     """The teacher's distributions at the `real` [B, R] positions only, flat ([real.sum(), ...]),
     in the order of `response_logprobs`' logits."""
-    return TeacherDists(*(None if t is None else t[real.to(t.device)] for t in (dists.logprobs, dists.ids, dists.valid)))
+    return TeacherDists(
+        *(None if t is None else t[real.to(t.device)] for t in (dists.logprobs, dists.ids, dists.valid))
+    )
 
 
 class KDModule(DistillModule):
@@ -64,18 +66,30 @@ class KDModule(DistillModule):
         lora=None,
     ):
         super().__init__(
-            student, tokenizer, generator_optimizer=generator_optimizer, generator_scheduler=generator_scheduler,
-            generator_grad_clip=generator_grad_clip, micro_batch_size=micro_batch_size, seed=seed, profile=profile,
+            student,
+            tokenizer,
+            generator_optimizer=generator_optimizer,
+            generator_scheduler=generator_scheduler,
+            generator_grad_clip=generator_grad_clip,
+            micro_batch_size=micro_batch_size,
+            seed=seed,
+            profile=profile,
             lora=lora,  # model.lora.generator only: KD has no discriminator
             max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
         self.softening_temperature, self.on_policy = softening_temperature, on_policy
-        self.num_samples, self.rollout_batch_size = samples_per_prompt, rollout_batch_size  # the base rollout reads num_samples
+        self.num_samples, self.rollout_batch_size = (
+            samples_per_prompt,
+            rollout_batch_size,
+        )  # the base rollout reads num_samples
         self.rollout_segment_tokens = rollout_segment_tokens
         self.sampling = generation_config(
-            max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, pad_id=tokenizer.pad_token_id,
-            temperature=rollout_temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
+            pad_id=tokenizer.pad_token_id,
+            temperature=rollout_temperature,
+            top_p=top_p,
         )
         # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
         self.needs_teacher = alpha < 1 or alpha_warmup_steps > 0
@@ -118,7 +132,10 @@ class KDModule(DistillModule):
 
     def kd_backward(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """Backpropagate alpha x CE + (1 - alpha) x T^2 x KL for one batch; returns the step's metrics."""
-        metrics: dict[str, Any] = {"train/alpha": alpha, "train/teacher_len": batch["response_mask"].sum(-1).float().mean()}
+        metrics: dict[str, Any] = {
+            "train/alpha": alpha,
+            "train/teacher_len": batch["response_mask"].sum(-1).float().mean(),
+        }
         kl_weight = (1.0 - alpha) * self.softening_temperature**2
         if kl_weight == 0:  # alpha = 1: exactly SeqKD
             ce = self.sft_backward(batch, weight=1.0)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +18,9 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _warmup_factor(step: int, warmup_steps: int, total_steps: int | None, first_steps: int, first_scale: float) -> float:
+def _warmup_factor(
+    step: int, warmup_steps: int, total_steps: int | None, first_steps: int, first_scale: float
+) -> float:
     scale = first_scale if step < first_steps else 1.0
     if warmup_steps > 0 and step < warmup_steps:
         return scale * (step + 1) / warmup_steps
@@ -28,8 +30,11 @@ def _warmup_factor(step: int, warmup_steps: int, total_steps: int | None, first_
 
 
 def warmup_schedule(
-    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int | None = None,
-    first_steps: int = 0, first_scale: float = 1.0,
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    first_steps: int = 0,
+    first_scale: float = 1.0,
 ):
     """Linear warm-up over `warmup_steps`, then constant (total_steps=None, the paper) or linear decay.
 
@@ -37,8 +42,13 @@ def warmup_schedule(
     for a phase with its own learning rate, e.g. GAD's warm-up); counted in this optimizer's
     steps, the schedule stays a pure function of its step and so resumes exactly.
     """
-    factor = functools.partial(_warmup_factor, warmup_steps=warmup_steps, total_steps=total_steps,
-                               first_steps=first_steps, first_scale=first_scale)
+    factor = functools.partial(
+        _warmup_factor,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        first_steps=first_steps,
+        first_scale=first_scale,
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

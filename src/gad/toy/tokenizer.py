@@ -41,7 +41,9 @@ CHAT_TEMPLATE = (
 def _byte_vocab() -> dict[str, int]:
     """The ByteLevel alphabet, id == byte value."""
     # GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256+n.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping: dict[int, str] = {}
     n = 0
     for b in range(256):

@@ -18,9 +18,9 @@ from typing import Any
 
 from gad.config.method import KDTeacherConfig
 from gad.config.typed import typed
-from gad.teachers.api import APITeacher
-from gad.teachers.base import Teacher, TeacherDists, tokenizer_mismatch
-from gad.teachers.local import LocalTeacher
+from gad.kd_teachers.api import APITeacher
+from gad.kd_teachers.base import Teacher, TeacherDists, tokenizer_mismatch
+from gad.kd_teachers.local import LocalTeacher
 
 
 def build_teacher(spec: KDTeacherConfig | Mapping[str, Any]) -> Teacher:

@@ -38,14 +38,29 @@ from pathlib import Path
 from typing import Any
 
 from gad.errors import GADError
-from gad.teacher.prepare.config import KINDS, PrepareConfig, config_from
-from gad.teacher.prepare.filters import STEPS, TokenCounter, normalise, prompt_text, user_text
-from gad.teacher.prepare.report import report_table
-from gad.teacher.prepare.sample import PrepareResult, run_prepare
-from gad.teacher.prepare.sources import adapt, check_hub, split_rows
+from gad.teacher_data.prepare.config import KINDS, PrepareConfig, config_from
+from gad.teacher_data.prepare.filters import STEPS, TokenCounter, normalise, prompt_text, user_text
+from gad.teacher_data.prepare.report import report_table
+from gad.teacher_data.prepare.sample import PrepareResult, run_prepare
+from gad.teacher_data.prepare.sources import adapt, check_hub, split_rows
 
-__all__ = ["KINDS", "STEPS", "PrepareConfig", "PrepareResult", "TokenCounter", "adapt", "check_hub", "config_from",
-           "normalise", "prepare", "prompt_text", "report_table", "run_prepare", "split_rows", "user_text"]
+__all__ = [
+    "KINDS",
+    "STEPS",
+    "PrepareConfig",
+    "PrepareResult",
+    "TokenCounter",
+    "adapt",
+    "check_hub",
+    "config_from",
+    "normalise",
+    "prepare",
+    "prompt_text",
+    "report_table",
+    "run_prepare",
+    "split_rows",
+    "user_text",
+]
 
 
 def prepare(cfg: Any) -> PrepareResult:
@@ -69,5 +84,7 @@ def prepare(cfg: Any) -> PrepareResult:
         tmp = pc.out_path / f".{name}.jsonl.tmp"
         write_jsonl(records, tmp)
         os.replace(tmp, pc.out_path / f"{name}.jsonl")
-    console.print(f"wrote {pc.out_path / 'train.jsonl'} ({len(result.train):,}) and {pc.out_path / 'test.jsonl'} ({len(result.test):,})")
+    console.print(
+        f"wrote {pc.out_path / 'train.jsonl'} ({len(result.train):,}) and {pc.out_path / 'test.jsonl'} ({len(result.test):,})"
+    )
     return result

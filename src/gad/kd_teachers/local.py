@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from gad.errors import GADError
+from gad.kd_teachers.base import Teacher, TeacherDists, refuse_tokenizer, tokenizer_mismatch
 from gad.losses import position_ids
 from gad.models import DTYPES
-from gad.teachers.base import Teacher, TeacherDists, refuse_tokenizer, tokenizer_mismatch
 
 
 def listed_topk(logp: torch.Tensor, scored: torch.Tensor, k: int) -> TeacherDists:
@@ -31,11 +31,18 @@ class LocalTeacher(Teacher):
     `top_k` null scores with the full distribution; a number k keeps only the k most likely
     tokens (+ the scored one), exactly what an API teacher returns, e.g. to compare the two.
     `build` (the toy world only): a recipe to fit a teacher when `path` does not exist yet
-    (`gad.teachers.toy.build_teacher_model`).
+    (`gad.toy.kd_teacher.build_teacher_model`).
     """
 
-    def __init__(self, path: str, tokenizer: str | None = None, top_k: int | None = None, dtype: str = "float32",
-                 attn_implementation: str = "sdpa", build: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str | None = None,
+        top_k: int | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        build: dict[str, Any] | None = None,
+    ):
         self.path, self.tokenizer_path = str(path), str(tokenizer or path)
         self.top_k, self.dtype, self.attn_implementation = top_k, dtype, attn_implementation
         self.build = dict(build) if build else None
@@ -46,15 +53,17 @@ class LocalTeacher(Teacher):
 
     def setup(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if self.build is not None:
-            from gad.teachers.toy import ensure_teacher_model
+            from gad.toy.kd_teacher import ensure_teacher_model
 
             ensure_teacher_model(self.path, tokenizer, self.build)
         try:
             own = AutoTokenizer.from_pretrained(self.tokenizer_path)
         except (OSError, ValueError) as err:
             key = "method.teacher.tokenizer" if self.tokenizer_path != self.path else "method.teacher.path"
-            raise GADError(f"{key}: cannot load the teacher's tokenizer from '{self.tokenizer_path}' "
-                           f"({type(err).__name__}); set method.teacher.tokenizer to its folder") from None
+            raise GADError(
+                f"{key}: cannot load the teacher's tokenizer from '{self.tokenizer_path}' "
+                f"({type(err).__name__}); set method.teacher.tokenizer to its folder"
+            ) from None
         why = tokenizer_mismatch(tokenizer, own)
         if why is not None:
             raise refuse_tokenizer("method.teacher.path", f"{self.tokenizer_path}: {why}")
@@ -63,10 +72,14 @@ class LocalTeacher(Teacher):
                 self.path, dtype=DTYPES[self.dtype], attn_implementation=self.attn_implementation
             )
         except (OSError, ValueError) as err:
-            raise GADError(f"method.teacher.path: cannot load the teacher model '{self.path}' ({type(err).__name__})") from None
+            raise GADError(
+                f"method.teacher.path: cannot load the teacher model '{self.path}' ({type(err).__name__})"
+            ) from None
         rows = model.get_output_embeddings().weight.size(0)
         if rows < len(tokenizer):
-            raise GADError(f"method.teacher.path: the teacher's output layer has {rows} rows but the tokenizer {len(tokenizer)} tokens")
+            raise GADError(
+                f"method.teacher.path: the teacher's output layer has {rows} rows but the tokenizer {len(tokenizer)} tokens"
+            )
         self.model = model.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -75,11 +88,13 @@ class LocalTeacher(Teacher):
         if self.model.device != input_ids.device:
             self.model.to(input_ids.device)
         logits = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-            logits_to_keep=response_width + 1, use_cache=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            logits_to_keep=response_width + 1,
+            use_cache=False,
         ).logits[:, :-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         if self.top_k is None:
             return TeacherDists(logp)
         return listed_topk(logp, input_ids[:, -response_width:], self.top_k)
-

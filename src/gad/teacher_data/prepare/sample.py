@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gad.errors import GADError
-from gad.teacher.prepare.config import PrepareConfig
-from gad.teacher.prepare.filters import SplitReport, TokenCounter, _filter
-from gad.teacher.prepare.sources import Candidate, split_rows
+from gad.teacher_data.prepare.config import PrepareConfig
+from gad.teacher_data.prepare.filters import SplitReport, TokenCounter, _filter
+from gad.teacher_data.prepare.sources import Candidate, split_rows
 
 
 def _order(cands: list[Candidate], seed: int) -> list[Candidate]:
@@ -47,18 +47,37 @@ class PrepareResult:
 def run_prepare(pc: PrepareConfig) -> PrepareResult:
     """Read, filter, sample; returns the two splits and the counts (writes nothing)."""
 
-    counter = TokenCounter(pc.filters.tokenizer) if pc.filters.tokenizer and (pc.filters.min_prompt_tokens is not None or pc.filters.max_prompt_tokens is not None) else None
+    counter = (
+        TokenCounter(pc.filters.tokenizer)
+        if pc.filters.tokenizer
+        and (pc.filters.min_prompt_tokens is not None or pc.filters.max_prompt_tokens is not None)
+        else None
+    )
     seen: dict[str, set] = {"exact": set(), "norm": set()}
     reports = []
     test_pool: list[Candidate] | None = None
     if pc.source.test_split:  # gad_release: the release's own test split; read first so train dedups against it
         rep = SplitReport(f"{pc.source.test_split} split")
-        test_pool = _filter(split_rows(pc.source.path, pc.source.test_split, (pc.source.split,), named_only=True), pc, rep, counter, seen)
+        test_pool = _filter(
+            split_rows(pc.source.path, pc.source.test_split, (pc.source.split,), named_only=True),
+            pc,
+            rep,
+            counter,
+            seen,
+        )
         if rep.rows == 0:
-            raise GADError(f"{pc.source.path}: no '{pc.source.test_split}' split (source.test_split; null carves the test split from '{pc.source.split}')")
+            raise GADError(
+                f"{pc.source.path}: no '{pc.source.test_split}' split (source.test_split; null carves the test split from '{pc.source.split}')"
+            )
         reports.append(rep)
     rep = SplitReport(f"{pc.source.split} split")
-    pool = _filter(split_rows(pc.source.path, pc.source.split, (pc.source.test_split,) if pc.source.test_split else ()), pc, rep, counter, seen)
+    pool = _filter(
+        split_rows(pc.source.path, pc.source.split, (pc.source.test_split,) if pc.source.test_split else ()),
+        pc,
+        rep,
+        counter,
+        seen,
+    )
     reports.insert(0, rep)
     if rep.rows == 0:
         raise GADError(f"{pc.source.path}: split '{pc.source.split}' has no rows")

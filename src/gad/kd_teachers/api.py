@@ -25,12 +25,15 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from gad.errors import GADError
-from gad.teachers.base import Teacher, TeacherDists, refuse_tokenizer
+from gad.kd_teachers.base import Teacher, TeacherDists, refuse_tokenizer
 
 TOKEN_ID_PREFIX = "token_id:"
 PROBE_MESSAGES = [
     {"role": "system", "content": "You are a careful assistant."},
-    {"role": "user", "content": "Add: 23 45\nthe quick brown fox, def f(x):\n    return x**2  # ok?\nnaïve café 東京 🙂 €1.5e-3"},
+    {
+        "role": "user",
+        "content": "Add: 23 45\nthe quick brown fox, def f(x):\n    return x**2  # ok?\nnaïve café 東京 🙂 €1.5e-3",
+    },
     {"role": "assistant", "content": "68\n\tThe answer is 68; 1 7 3 (see [1]). Ünïcödé — done!"},
 ]
 
@@ -44,9 +47,18 @@ def probe_text(tokenizer: PreTrainedTokenizerBase) -> str:
 
 class APITeacher(Teacher):
     def __init__(
-        self, base_url: str, model: str | None = None, top_k: int = 20, api_key_env: str | None = "VLLM_API_KEY",
-        token_ids: bool = True, max_tokens: int = 0, request_batch_size: int = 8, concurrency: int = 8,
-        timeout_s: float = 120.0, max_retries: int = 3, extra_body: dict[str, Any] | None = None,
+        self,
+        base_url: str,
+        model: str | None = None,
+        top_k: int = 20,
+        api_key_env: str | None = "VLLM_API_KEY",
+        token_ids: bool = True,
+        max_tokens: int = 0,
+        request_batch_size: int = 8,
+        concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        extra_body: dict[str, Any] | None = None,
     ):
         self.base_url, self.model, self.top_k, self.api_key_env = base_url, model, top_k, api_key_env
         self.token_ids, self.max_tokens = token_ids, max_tokens
@@ -67,8 +79,9 @@ class APITeacher(Teacher):
         from openai import OpenAI
 
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        self.client = OpenAI(base_url=self.base_url, api_key=key or "EMPTY", timeout=self.timeout_s,
-                             max_retries=self.max_retries)
+        self.client = OpenAI(
+            base_url=self.base_url, api_key=key or "EMPTY", timeout=self.timeout_s, max_retries=self.max_retries
+        )
         self.vocab_size = len(tokenizer)
         if not self.token_ids:
             self.decoded_ids = {}
@@ -85,7 +98,9 @@ class APITeacher(Teacher):
         except Exception as err:
             raise self.failure(err) from None
         if not models:
-            raise GADError(f"method.teacher.model: the server at {self.base_url} lists no models; set method.teacher.model")
+            raise GADError(
+                f"method.teacher.model: the server at {self.base_url} lists no models; set method.teacher.model"
+            )
         return models[0].id
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -110,10 +125,14 @@ class APITeacher(Teacher):
         import openai
 
         if isinstance(err, openai.APIConnectionError):
-            return GADError(f"method.teacher.base_url: cannot reach the teacher server at {self.base_url} ({type(err).__name__})")
+            return GADError(
+                f"method.teacher.base_url: cannot reach the teacher server at {self.base_url} ({type(err).__name__})"
+            )
         if isinstance(err, openai.APIStatusError):
             detail = " ".join(str(getattr(err, "message", err)).split())[:300]
-            return GADError(f"method.teacher: the teacher server at {self.base_url} answered HTTP {err.status_code}: {detail}")
+            return GADError(
+                f"method.teacher: the teacher server at {self.base_url} answered HTTP {err.status_code}: {detail}"
+            )
         return GADError(f"method.teacher: the teacher server at {self.base_url} failed: {type(err).__name__}: {err}")
 
     def complete(self, prompt: str | list[list[int]], logprobs: int) -> list[dict[str, Any]]:
@@ -123,8 +142,13 @@ class APITeacher(Teacher):
             extra["return_tokens_as_token_ids"] = True
         try:
             raw = self.client.completions.with_raw_response.create(
-                model=self.model, prompt=prompt, echo=True, max_tokens=self.max_tokens, logprobs=logprobs,
-                temperature=1.0, extra_body=extra,
+                model=self.model,
+                prompt=prompt,
+                echo=True,
+                max_tokens=self.max_tokens,
+                logprobs=logprobs,
+                temperature=1.0,
+                extra_body=extra,
             )
             data = json.loads(raw.text)
         except GADError:
@@ -135,20 +159,26 @@ class APITeacher(Teacher):
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         expected = 1 if isinstance(prompt, str) else len(prompt)
         if len(choices) != expected:
-            raise GADError(f"method.teacher: the teacher server at {self.base_url} returned {len(choices)} choices for {expected} prompts")
+            raise GADError(
+                f"method.teacher: the teacher server at {self.base_url} returned {len(choices)} choices for {expected} prompts"
+            )
         return choices
 
     def token_id(self, token: str) -> int:
         if token.startswith(TOKEN_ID_PREFIX):
-            return int(token[len(TOKEN_ID_PREFIX):])
+            return int(token[len(TOKEN_ID_PREFIX) :])
         if self.token_ids:
-            raise GADError(f"method.teacher.token_ids: the server at {self.base_url} returned the token {token!r}, not "
-                           "'token_id:<id>'; it does not support return_tokens_as_token_ids: set method.teacher.token_ids=false")
+            raise GADError(
+                f"method.teacher.token_ids: the server at {self.base_url} returned the token {token!r}, not "
+                "'token_id:<id>'; it does not support return_tokens_as_token_ids: set method.teacher.token_ids=false"
+            )
         found = self.decoded_ids.get(token, -1)
         if found is None or found == -1:
             why = "several token ids decode to it" if found is None else "no token id decodes to it"
-            raise GADError(f"method.teacher.token_ids: cannot map the server's token {token!r} back to an id ({why}); "
-                           "use a server that returns token ids (vLLM: method.teacher.token_ids=true)")
+            raise GADError(
+                f"method.teacher.token_ids: cannot map the server's token {token!r} back to an id ({why}); "
+                "use a server that returns token ids (vLLM: method.teacher.token_ids=true)"
+            )
         return found
 
     # ------------------------------------------------------------ scoring
@@ -171,15 +201,21 @@ class APITeacher(Teacher):
             logprobs = choice.get("logprobs") or {}
             tokens, top = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
             if len(tokens) < len(row) or len(top) < len(row):
-                raise GADError(f"method.teacher: the teacher server at {self.base_url} echoed {len(tokens)} tokens of a "
-                               f"{len(row)}-token sequence; it must support echo=true with logprobs (vLLM does)")
+                raise GADError(
+                    f"method.teacher: the teacher server at {self.base_url} echoed {len(tokens)} tokens of a "
+                    f"{len(row)}-token sequence; it must support echo=true with logprobs (vLLM does)"
+                )
             if self.token_ids and any(self.token_id(t) != i for t, i in zip(tokens, row)):
-                raise GADError(f"method.teacher: the teacher server at {self.base_url} echoed different token ids than "
-                               "were sent (does it re-tokenise prompts given as ids?)")
+                raise GADError(
+                    f"method.teacher: the teacher server at {self.base_url} echoed different token ids than "
+                    "were sent (does it re-tokenise prompts given as ids?)"
+                )
             for j in range(len(row) - start):
                 entries = top[start + j]
                 if not entries:
-                    raise GADError(f"method.teacher: the teacher server at {self.base_url} gave no log-probs at position {start + j}")
+                    raise GADError(
+                        f"method.teacher: the teacher server at {self.base_url} gave no log-probs at position {start + j}"
+                    )
                 ranked = sorted(((self.token_id(t), float(v)) for t, v in entries.items()), key=lambda e: -e[1])[:k]
                 for slot, (token, value) in enumerate(ranked):
                     if 0 <= token < self.vocab_size:

@@ -82,9 +82,13 @@ class FiltersConfig:
         require(low is None or low >= 0, "min_prompt_tokens", low, "must be >= 0 (null = no limit)")
         require(high is None or high >= 1, "max_prompt_tokens", high, "must be >= 1 (null = no limit)")
         require(low is None or high is None or low <= high, "min_prompt_tokens", low, "must be <= max_prompt_tokens")
-        require(bool(self.tokenizer) or not (low or high), "tokenizer", self.tokenizer,
-                "must name a tokenizer (path or hub id) for min/max_prompt_tokens; "
-                "filters.tokenizer=whitespace counts words instead")
+        require(
+            bool(self.tokenizer) or not (low or high),
+            "tokenizer",
+            self.tokenizer,
+            "must name a tokenizer (path or hub id) for min/max_prompt_tokens; "
+            "filters.tokenizer=whitespace counts words instead",
+        )
         self.tokenizer = self.tokenizer or None
         pattern = self.redaction_pattern or REDACTION
         try:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gad.teacher.prepare.config import PrepareConfig
-from gad.teacher.prepare.filters import STEPS
-from gad.teacher.prepare.sample import PrepareResult
+from gad.teacher_data.prepare.config import PrepareConfig
+from gad.teacher_data.prepare.filters import STEPS
+from gad.teacher_data.prepare.sample import PrepareResult
 
 
 def report_table(pc: PrepareConfig, result: PrepareResult):
@@ -17,7 +17,9 @@ def report_table(pc: PrepareConfig, result: PrepareResult):
         table.add_column(rep.name, justify="right")
     table.add_row("rows read", *[f"{r.rows:,}" for r in result.reports])
     notes = {
-        "language": "off" if not pc.filters.language else (None if any(r.has_language for r in result.reports) else "n/a (no language column)"),
+        "language": "off"
+        if not pc.filters.language
+        else (None if any(r.has_language for r in result.reports) else "n/a (no language column)"),
         "moderation flagged": "off" if not pc.filters.drop_flagged else None,
         "flaw": "off" if pc.filters.keep_flaws is None or pc.source.kind != "lmsys_clean" else None,
         "empty prompt": "off" if not pc.filters.drop_empty else None,
@@ -35,7 +37,9 @@ def report_table(pc: PrepareConfig, result: PrepareResult):
         table.add_row(f"dropped: {step}", *cells)
     table.add_row("kept after filters", *[f"{r.kept:,}" for r in result.reports])
     table.add_section()
-    table.add_row("in both splits (dropped from train)", f"-{result.overlap_dropped:,}", *[""] * (len(result.reports) - 1))
+    table.add_row(
+        "in both splits (dropped from train)", f"-{result.overlap_dropped:,}", *[""] * (len(result.reports) - 1)
+    )
     table.add_row("not sampled (beyond sample.n)", f"{result.not_sampled:,}", *[""] * (len(result.reports) - 1))
     table.add_row("[bold]train.jsonl", f"[bold]{len(result.train):,}", *[""] * (len(result.reports) - 1))
     table.add_row("[bold]test.jsonl", f"[bold]{len(result.test):,}", *[""] * (len(result.reports) - 1))

@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from gad.errors import GADError
-from gad.teacher.prepare.config import PrepareConfig
+from gad.teacher_data.prepare.config import PrepareConfig
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
 
 
 class Skip(Exception):
@@ -78,9 +86,18 @@ def adapt(row: Any, pc: PrepareConfig) -> Candidate:
         if isinstance(system, str) and system.strip() and conv[0]["role"] != "system":
             conv = [{"role": "system", "content": system}, *conv]
         lang = row.get("language")
-        if pc.filters.language and isinstance(lang, str) and lang.lower() not in {x.lower() for x in pc.filters.language}:
+        if (
+            pc.filters.language
+            and isinstance(lang, str)
+            and lang.lower() not in {x.lower() for x in pc.filters.language}
+        ):
             raise Skip("language")
-        if pc.source.kind == "lmsys_clean" and pc.filters.keep_flaws is not None and "flaw" in row and row.get("flaw") not in pc.filters.keep_flaws:
+        if (
+            pc.source.kind == "lmsys_clean"
+            and pc.filters.keep_flaws is not None
+            and "flaw" in row
+            and row.get("flaw") not in pc.filters.keep_flaws
+        ):
             raise Skip("flaw")
         messages = _cut(conv, pc.filters.turns)
         if pc.filters.drop_flagged and _flagged(row, len(messages)):
@@ -89,7 +106,12 @@ def adapt(row: Any, pc: PrepareConfig) -> Candidate:
             if isinstance(row.get(name), str):
                 meta[name] = row[name]
     else:
-        if pc.source.kind == "local" and pc.source.messages_field not in row and pc.source.prompt_field and pc.source.prompt_field in row:
+        if (
+            pc.source.kind == "local"
+            and pc.source.messages_field not in row
+            and pc.source.prompt_field
+            and pc.source.prompt_field in row
+        ):
             text = row.get(pc.source.prompt_field)
             if not isinstance(text, str):
                 raise Skip("malformed row", f"'{pc.source.prompt_field}' is not a string")
@@ -97,9 +119,17 @@ def adapt(row: Any, pc: PrepareConfig) -> Candidate:
         else:
             messages = _sharegpt(row.get(pc.source.messages_field), pc.source.messages_field)
         lang = row.get("language")
-        if pc.filters.language and isinstance(lang, str) and lang.lower() not in {x.lower() for x in pc.filters.language}:
+        if (
+            pc.filters.language
+            and isinstance(lang, str)
+            and lang.lower() not in {x.lower() for x in pc.filters.language}
+        ):
             raise Skip("language")
-        if pc.source.response_field and isinstance(row.get(pc.source.response_field), str) and row[pc.source.response_field].strip():
+        if (
+            pc.source.response_field
+            and isinstance(row.get(pc.source.response_field), str)
+            and row[pc.source.response_field].strip()
+        ):
             response = row[pc.source.response_field]  # the response answers the whole context: no cut
             if messages[-1]["role"] != "user":
                 raise Skip("malformed row", "messages must end with a user turn when a response is given")
@@ -115,7 +145,9 @@ def adapt(row: Any, pc: PrepareConfig) -> Candidate:
     return Candidate(id=rid if isinstance(rid, str) and rid else None, messages=messages, response=response, meta=meta)
 
 
-def split_rows(path: str, split: str, other_splits: tuple[str, ...] = (), named_only: bool = False) -> Iterable[tuple[str, int, Any]]:
+def split_rows(
+    path: str, split: str, other_splits: tuple[str, ...] = (), named_only: bool = False
+) -> Iterable[tuple[str, int, Any]]:
     """Raw rows of one split: a hub split, or locally the files named after the split (the hub
     layout `data/train-00000-of-00001.parquet`, or `test.jsonl`); unless `named_only`, a file or
     folder with no split in its names is the whole `split`."""
@@ -145,11 +177,17 @@ def check_hub(dataset_id: str, timeout_s: float = 3.0) -> None:
     from urllib.parse import urlparse
 
     hint = "download it elsewhere and pass the local copy as source.path"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise GADError(f"source.path '{dataset_id}' is a hub dataset id, but the Hugging Face hub is offline (HF_HUB_OFFLINE=1); {hint}")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or os.environ.get(
+        "HF_DATASETS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes", "on"):
+        raise GADError(
+            f"source.path '{dataset_id}' is a hub dataset id, but the Hugging Face hub is offline (HF_HUB_OFFLINE=1); {hint}"
+        )
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as err:
-        raise GADError(f"source.path '{dataset_id}' is a hub dataset id, but {host} is unreachable ({type(err).__name__}); {hint}") from None
+        raise GADError(
+            f"source.path '{dataset_id}' is a hub dataset id, but {host} is unreachable ({type(err).__name__}); {hint}"
+        ) from None

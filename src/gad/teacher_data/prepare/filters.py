@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gad.errors import GADError
-from gad.teacher.prepare.config import PrepareConfig
-from gad.teacher.prepare.sources import Candidate, Skip, adapt
+from gad.teacher_data.prepare.config import PrepareConfig
+from gad.teacher_data.prepare.sources import Candidate, Skip, adapt
 
 # the filter names, in pipeline order (the report lists them in this order)
 STEPS = (
@@ -60,7 +60,9 @@ class TokenCounter:
             self.tok = AutoTokenizer.from_pretrained(spec)
         except Exception as err:  # OSError offline, ValueError for a bad folder, ...
             reason = " ".join(str(err).split())[:160]
-            raise GADError(f"filters.tokenizer: cannot load tokenizer '{spec}' ({type(err).__name__}: {reason})") from None
+            raise GADError(
+                f"filters.tokenizer: cannot load tokenizer '{spec}' ({type(err).__name__}: {reason})"
+            ) from None
 
     def count(self, batch: list[list[dict[str, str]]]) -> list[int]:
         if self.tok is None:
@@ -85,7 +87,13 @@ class SplitReport:
     has_language: bool = False  # whether any row carried a language column
 
 
-def _filter(rows: Iterable[tuple[str, int, Any]], pc: PrepareConfig, report: SplitReport, counter: TokenCounter | None, seen: dict[str, set]) -> list[Candidate]:
+def _filter(
+    rows: Iterable[tuple[str, int, Any]],
+    pc: PrepareConfig,
+    report: SplitReport,
+    counter: TokenCounter | None,
+    seen: dict[str, set],
+) -> list[Candidate]:
     from gad.data.records import Columns, RowError, normalise_row
 
     check = Columns(id=None, messages="messages", response=None, teacher=None, meta=None)

@@ -55,7 +55,9 @@ class StopAtStep(L.Callback):
         if pl_module.completed_steps >= self.max_steps:
             trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if pl_module.completed_steps >= self.max_steps:
             trainer.should_stop = True  # before StepCheckpoint runs, so it writes last.ckpt
 
@@ -124,9 +126,15 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, max_steps=-1, plugins=[AtomicCheckpointIO()]
     )
-    if cfg.get("ckpt_path") and os.path.isdir(cfg.ckpt_path) and not isinstance(trainer.strategy, TwoNetworkFSDPStrategy):
-        raise GADError(f"ckpt_path: '{cfg.ckpt_path}' is a sharded (FSDP) checkpoint; resume it with trainer=fsdp, "
-                       f"or make it one file first: python -m gad.checkpoint_io consolidate {cfg.ckpt_path}")
+    if (
+        cfg.get("ckpt_path")
+        and os.path.isdir(cfg.ckpt_path)
+        and not isinstance(trainer.strategy, TwoNetworkFSDPStrategy)
+    ):
+        raise GADError(
+            f"ckpt_path: '{cfg.ckpt_path}' is a sharded (FSDP) checkpoint; resume it with trainer=fsdp, "
+            f"or make it one file first: python -m gad.checkpoint_io consolidate {cfg.ckpt_path}"
+        )
     try:
         with stop_on_interrupt(trainer) as interrupted:
             # weights_only=True: a resumed checkpoint may come from someone else and must not run code (gad.trust).

@@ -17,8 +17,14 @@ class ToyAccuracy(L.Callback):
     """Greedy-decodes the first `limit` prompts of each split at fit start and at train end, and reports
     accuracy and the length ratio to the teacher (mean student tokens / mean teacher tokens)."""
 
-    def __init__(self, splits: dict[str, str], limit: int = 100, max_new_tokens: int = 32, batch_size: int = 100,
-                 system_prompt: str = "none"):
+    def __init__(
+        self,
+        splits: dict[str, str],
+        limit: int = 100,
+        max_new_tokens: int = 32,
+        batch_size: int = 100,
+        system_prompt: str = "none",
+    ):
         self.splits = {name: read_records(path)[0][:limit] for name, path in splits.items()}
         self.system_prompt = system_prompt  # training's data.system_prompt (gad.chat)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -29,9 +35,12 @@ class ToyAccuracy(L.Callback):
         for name, records in self.splits.items():
             with gathered(pl_module.generator, getattr(pl_module, "reshard_after_forward", True)):
                 texts = generate_texts(
-                    pl_module.generator, pl_module.tokenizer,
+                    pl_module.generator,
+                    pl_module.tokenizer,
                     [with_system_prompt(r["messages"], self.system_prompt, pl_module.tokenizer) for r in records],
-                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, eos_ids=pl_module.eos_ids,
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=self.batch_size,
+                    eos_ids=pl_module.eos_ids,
                     synced_gpus=is_sharded(pl_module.generator),
                 )
             out[f"toy accuracy ({name})"] = accuracy(records, texts)
@@ -42,7 +51,9 @@ class ToyAccuracy(L.Callback):
 
     @staticmethod
     def mean_tokens(pl_module: L.LightningModule, texts: list[str]) -> float:
-        return sum(len(pl_module.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(len(texts), 1)
+        return sum(len(pl_module.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(
+            len(texts), 1
+        )
 
     @staticmethod
     def measures_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:

@@ -76,7 +76,9 @@ def resolve_spec(name: str, spec: Any, log_dir: str | os.PathLike) -> ModelSpec:
     if path.exists() and path.suffix == ".ckpt":  # a file, or a folder of FSDP shards
         run_dir = path.resolve().parent.parent
         if not (run_dir / "config.yaml").is_file():
-            raise GADError(f"models.{name}: '{raw}': a checkpoint must sit in <run>/checkpoints/ (no config.yaml in {run_dir})")
+            raise GADError(
+                f"models.{name}: '{raw}': a checkpoint must sit in <run>/checkpoints/ (no config.yaml in {run_dir})"
+            )
         return _finish(ModelSpec(name, raw, CKPT, str(path.resolve()), run_dir=str(run_dir)))
     if path.is_dir() and (path / "config.yaml").is_file():
         ckpt = path / "checkpoints" / "last.ckpt"
@@ -85,7 +87,9 @@ def resolve_spec(name: str, spec: Any, log_dir: str | os.PathLike) -> ModelSpec:
         return _finish(ModelSpec(name, raw, RUN, str(ckpt.resolve()), run_dir=str(path.resolve())))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise GADError(f"models.{name}: '{raw}': folder is neither a training run (config.yaml) nor a model (config.json)")
+            raise GADError(
+                f"models.{name}: '{raw}': folder is neither a training run (config.yaml) nor a model (config.json)"
+            )
         return _finish(ModelSpec(name, raw, FOLDER, str(path.resolve())))
     if path.exists():
         raise GADError(f"models.{name}: '{raw}': not a run folder, .ckpt file or model folder")
@@ -104,8 +108,9 @@ def fingerprint(spec: ModelSpec) -> str:
     if spec.kind in (RUN, CKPT):
         parts: Any = [CKPT, _stat(Path(spec.path))]
     elif spec.kind == INIT:
-        from gad.runs import run_config
         from omegaconf import OmegaConf
+
+        from gad.runs import run_config
 
         cfg = run_config(spec.run_dir)
         parts = [INIT, OmegaConf.to_container(cfg.model, resolve=True), cfg.get("seed")]
@@ -146,7 +151,9 @@ def load_tokenizer_for(spec: ModelSpec):
     return load_tokenizer(spec.path)
 
 
-def load_model_for(spec: ModelSpec, tokenizer, *, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
+def load_model_for(
+    spec: ModelSpec, tokenizer, *, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"
+):
     """(model in eval mode on `device`, eos ids). `dtype` applies to folders and hub ids
     (auto: bfloat16 on GPU, float32 on CPU); run checkpoints keep their run's dtype."""
     from hydra.utils import instantiate

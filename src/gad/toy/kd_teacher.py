@@ -57,7 +57,9 @@ def ensure_teacher_model(path: str, tokenizer: PreTrainedTokenizerBase, recipe: 
     """
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
-        raise GADError(f"method.teacher.build.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(RECIPE_KEYS))})")
+        raise GADError(
+            f"method.teacher.build.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(RECIPE_KEYS))})"
+        )
     recipe = json.loads(json.dumps(recipe, default=str))  # plain, comparable with the stored one
     dest = Path(path)
     with file_lock(dest.parent / f".{dest.name}.lock"):
@@ -66,13 +68,17 @@ def ensure_teacher_model(path: str, tokenizer: PreTrainedTokenizerBase, recipe: 
             if stored is None and (dest / "config.json").is_file():
                 return  # a model folder of the user's own (no recipe): used as it is
             if stored is not None and stored != recipe:
-                raise GADError(f"method.teacher.path: {path} was built from a different method.teacher.build recipe; "
-                               "delete that folder to rebuild it, or set another path")
+                raise GADError(
+                    f"method.teacher.path: {path} was built from a different method.teacher.build recipe; "
+                    "delete that folder to rebuild it, or set another path"
+                )
             if is_complete(dest):
                 return
             print(f"[kd] {path} is an unfinished build (no weights or no build.json): rebuilding it", flush=True)
             discard(dest)
-        print(f"[kd] fitting the toy teacher model ({recipe['steps']} steps) into {path}; later runs reuse it", flush=True)
+        print(
+            f"[kd] fitting the toy teacher model ({recipe['steps']} steps) into {path}; later runs reuse it", flush=True
+        )
         start = time.perf_counter()
         model = fit_teacher(tokenizer, **recipe)
         staging = staging_dir(dest)
@@ -83,15 +89,30 @@ def ensure_teacher_model(path: str, tokenizer: PreTrainedTokenizerBase, recipe: 
 
 
 def fit_teacher(
-    tokenizer: PreTrainedTokenizerBase, *, data: str, config: dict[str, Any], steps: int, batch_size: int, lr: float,
-    max_prompt_tokens: int, max_response_tokens: int, seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    data: str,
+    config: dict[str, Any],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    seed: int,
 ):
     """Cross-entropy on a dump's teacher responses: AdamW, 5% linear warm-up, linear decay, clip 1."""
     from gad.data.datamodule import DistillDataModule
 
-    data_module = DistillDataModule(tokenizer, data, max_prompt_tokens=max_prompt_tokens,
-                                    max_response_tokens=max_response_tokens, val_size=0, batch_size=batch_size,
-                                    seed=seed, cache_dir=None)
+    data_module = DistillDataModule(
+        tokenizer,
+        data,
+        max_prompt_tokens=max_prompt_tokens,
+        max_response_tokens=max_response_tokens,
+        val_size=0,
+        batch_size=batch_size,
+        seed=seed,
+        cache_dir=None,
+    )
     data_module.setup("fit")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -109,8 +130,13 @@ def fit_teacher(
         ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
         attn = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
         width = batch["response_ids"].size(1)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn),
-                       logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+        logits = model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=position_ids(attn),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        ).logits[:, :-1]
         mask = batch["response_mask"]
         loss = -masked_sum(token_logprobs(logits, batch["response_ids"]), mask) / mask.sum()
         loss.backward()

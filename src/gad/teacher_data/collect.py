@@ -73,7 +73,7 @@ class RefusalDetector:
     def __call__(self, text: str) -> bool:
         if not self.enabled or not text:
             return False
-        head = text[: self.scan_chars].replace("\u2019", "'").replace("\u2018", "'").lstrip(" \t\n\"*_#>")
+        head = text[: self.scan_chars].replace("\u2019", "'").replace("\u2018", "'").lstrip(' \t\n"*_#>')
         return any(p.search(head) for p in self.patterns)
 
 
@@ -105,8 +105,12 @@ class TeacherConfig(ClientSettings):
         require(t is None or (finite(t) and 0 <= t <= 2), "temperature", t, "must be >= 0 and <= 2")
         require(top_p is None or (finite(top_p) and 0 < top_p <= 1), "top_p", top_p, "must be > 0 and <= 1")
         require(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be >= 1")
-        require(self.max_tokens_field in ("max_tokens", "max_completion_tokens"), "max_tokens_field",
-                self.max_tokens_field, "must be max_tokens or max_completion_tokens")
+        require(
+            self.max_tokens_field in ("max_tokens", "max_completion_tokens"),
+            "max_tokens_field",
+            self.max_tokens_field,
+            "must be max_tokens or max_completion_tokens",
+        )
         for name in ("price_in_per_mtok", "price_out_per_mtok"):
             price = getattr(self, name)
             require(price is None or (finite(price) and price >= 0), name, price, "must be >= 0")
@@ -115,8 +119,12 @@ class TeacherConfig(ClientSettings):
     def params(self) -> dict[str, Any]:
         """The request fields besides model and messages (unset ones left to the server)."""
         params: dict[str, Any] = {}
-        for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
-                            (self.max_tokens_field, self.max_tokens), ("seed", self.seed)):
+        for name, value in (
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            (self.max_tokens_field, self.max_tokens),
+            ("seed", self.seed),
+        ):
             if value is not None:
                 params[name] = value
         if self.extra_body:
@@ -203,14 +211,22 @@ class CollectPlan:
         require(self.output_path.suffix == ".jsonl", "output", self.output, "must be a .jsonl file")
         same = prompts.exists() and self.output_path.exists() and self.output_path.resolve() == prompts.resolve()
         require(not same, "output", self.output, "must differ from prompts")
-        require(not (self.failures and _dump_suffix(self.failures)), "failures", self.failures,
-                "a dump suffix, so a data folder holding it would train on the refusals it lists; "
-                "use a name ending in .failures")
+        require(
+            not (self.failures and _dump_suffix(self.failures)),
+            "failures",
+            self.failures,
+            "a dump suffix, so a data folder holding it would train on the refusals it lists; "
+            "use a name ending in .failures",
+        )
         self.failures_path = sidecar_path(self.output_path, self.failures)
         require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be >= 1 (null = all)")
         require(self.abort_after_failures >= 0, "abort_after_failures", self.abort_after_failures, "must be >= 0")
-        require(finite(self.fsync_interval_s) and self.fsync_interval_s >= 0, "fsync_interval_s",
-                self.fsync_interval_s, "must be >= 0")
+        require(
+            finite(self.fsync_interval_s) and self.fsync_interval_s >= 0,
+            "fsync_interval_s",
+            self.fsync_interval_s,
+            "must be >= 0",
+        )
         self.detector = self.refusal.detector()
 
     @property
@@ -243,7 +259,9 @@ def _with_policy(plan: CollectPlan) -> CollectPlan:
 
         path = plan.system_prompt_tokenizer
         if not path:
-            raise GADError("system_prompt=template_default needs system_prompt_tokenizer=<the student's tokenizer folder or hub id>")
+            raise GADError(
+                "system_prompt=template_default needs system_prompt_tokenizer=<the student's tokenizer folder or hub id>"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as err:
@@ -254,7 +272,7 @@ def _with_policy(plan: CollectPlan) -> CollectPlan:
 
 # ------------------------------------------------------------------------------------- the work
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
@@ -267,7 +285,13 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
         messages = with_system_prompt(prompt["messages"], spec.system_prompt)  # (own system turns win)
 
         def failure(status: str, kind: str, detail: str, reply: Any = None, retries: int = 0) -> Outcome:
-            rec: dict[str, Any] = {"id": prompt["id"], "status": status, "reason": kind, "detail": detail, "attempts": retries + 1}
+            rec: dict[str, Any] = {
+                "id": prompt["id"],
+                "status": status,
+                "reason": kind,
+                "detail": detail,
+                "attempts": retries + 1,
+            }
             if reply is not None:
                 if reply.text:
                     rec["response"] = reply.text
@@ -275,7 +299,9 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
             rec["messages"] = prompt["messages"]
             rec["time"] = _now()
             return Outcome(
-                status, rec, kind,
+                status,
+                rec,
+                kind,
                 tokens_in=getattr(reply, "prompt_tokens", 0) or 0,
                 tokens_out=getattr(reply, "completion_tokens", 0) or 0,
                 retries=retries,
@@ -286,15 +312,21 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
         except Exception as exc:  # sorted below; anything unexpected is re-raised by classify_error
             info = classify_error(exc, secrets, where=where)
             if info.scope == FATAL:
-                raise FatalRunError(f"{info.message}; stopped, nothing was lost: re-run the same command to resume") from None
+                raise FatalRunError(
+                    f"{info.message}; stopped, nothing was lost: re-run the same command to resume"
+                ) from None
             retries = int(getattr(exc, "gad_retries", 0))
             return failure(REJECTED if info.scope == PERMANENT else FAILED, info.kind, info.message, retries=retries)
 
         r = reply.retries
         if reply.finish_reason == "content_filter":
-            return failure(REJECTED, "content_filter", "the server stopped the response with a content filter", reply, r)
+            return failure(
+                REJECTED, "content_filter", "the server stopped the response with a content filter", reply, r
+            )
         if reply.refusal:
-            return failure(REJECTED, "refusal", redact(f"the API flagged a refusal: {reply.refusal}", secrets)[:300], reply, r)
+            return failure(
+                REJECTED, "refusal", redact(f"the API flagged a refusal: {reply.refusal}", secrets)[:300], reply, r
+            )
         text = reply.text or ""
         if not text.strip():
             return failure(FAILED, "empty", f"empty response (finish_reason {reply.finish_reason})", reply, r)
@@ -310,7 +342,13 @@ def make_work(plan: CollectPlan, client: Any, secrets: list[str]):
         )
         if reply.model and reply.model != spec.model:
             meta["served_model"] = reply.model
-        record = {"id": prompt["id"], "messages": prompt["messages"], "response": text, "teacher": spec.model, "meta": meta}
+        record = {
+            "id": prompt["id"],
+            "messages": prompt["messages"],
+            "response": text,
+            "teacher": spec.model,
+            "meta": meta,
+        }
         return Outcome(OK, record, None, reply.prompt_tokens, reply.completion_tokens, r)
 
     return work
@@ -345,22 +383,35 @@ def collect(cfg: Any) -> int:
 
     from gad.data.records import Columns, read_records  # importing gad.data is slow: only when needed
 
-    prompts, load = read_records(plan.prompts, Columns(response=None, teacher=None), split=plan.prompts_split, require_response=False)
+    prompts, load = read_records(
+        plan.prompts, Columns(response=None, teacher=None), split=plan.prompts_split, require_response=False
+    )
     if plan.limit is not None:
         prompts = prompts[: plan.limit]
     ids = {p["id"] for p in prompts}
 
     moved = adopt_legacy_sidecar(plan.output_path, plan.failures_path)
     if moved is not None:
-        console.print(f"renamed {moved} to {plan.failures_path} (sidecars no longer end in .jsonl, so they never load as data)")
-    with Journal(plan.output_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out, Journal(
-        plan.failures_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")
-    ) as side:
+        console.print(
+            f"renamed {moved} to {plan.failures_path} (sidecars no longer end in .jsonl, so they never load as data)"
+        )
+    with (
+        Journal(plan.output_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("teacher",)) as out,
+        Journal(plan.failures_path, fsync_interval_s=plan.fsync_interval_s, index_fields=("status", "reason")) as side,
+    ):
         for j in (out, side):
             if j.repaired_bytes:
-                log.warning("%s: repaired a torn last line (%d bytes dropped; that prompt is sent again)", j.path, j.repaired_bytes)
-                console.print(f"[yellow]repaired a torn last line in {j.path} ({j.repaired_bytes} bytes); that prompt is sent again")
-        others = Counter(v["teacher"] for k, v in out.index.items() if k in ids and v.get("teacher") != plan.teacher.model)
+                log.warning(
+                    "%s: repaired a torn last line (%d bytes dropped; that prompt is sent again)",
+                    j.path,
+                    j.repaired_bytes,
+                )
+                console.print(
+                    f"[yellow]repaired a torn last line in {j.path} ({j.repaired_bytes} bytes); that prompt is sent again"
+                )
+        others = Counter(
+            v["teacher"] for k, v in out.index.items() if k in ids and v.get("teacher") != plan.teacher.model
+        )
         if others:
             console.print(
                 f"[yellow]{plan.output_path} already holds answers from another teacher ({', '.join(f'{t}: {n:,}' for t, n in others.items())}); "
@@ -385,19 +436,34 @@ def collect(cfg: Any) -> int:
         # keep the sidecar to what is still true: the latest entry of prompts with no answer
         side.compact(lambda r: r.get("id") not in out.keys)
         answered = len(out.keys & ids)
-        rejected = Counter(side.index[i]["reason"] for i in ids if i in side.index and side.index[i]["status"] == REJECTED)
+        rejected = Counter(
+            side.index[i]["reason"] for i in ids if i in side.index and side.index[i]["status"] == REJECTED
+        )
         failed = Counter(side.index[i]["reason"] for i in ids if i in side.index and side.index[i]["status"] == FAILED)
         missing = len(ids) - answered - sum(rejected.values())
 
-    cost = estimate_cost(stats.tokens_in, stats.tokens_out, plan.teacher.price_in_per_mtok, plan.teacher.price_out_per_mtok)
+    cost = estimate_cost(
+        stats.tokens_in, stats.tokens_out, plan.teacher.price_in_per_mtok, plan.teacher.price_out_per_mtok
+    )
     extra = [
         ("output", f"{plan.output_path}: {answered:,} of {len(ids):,} prompts answered"),
-        ("sidecar", f"{plan.failures_path}: {sum(rejected.values()):,} rejected ({', '.join(f'{k} {v}' for k, v in rejected.most_common()) or '-'}), "
-                    f"{sum(failed.values()):,} failed ({', '.join(f'{k} {v}' for k, v in failed.most_common()) or '-'})"),
+        (
+            "sidecar",
+            f"{plan.failures_path}: {sum(rejected.values()):,} rejected ({', '.join(f'{k} {v}' for k, v in rejected.most_common()) or '-'}), "
+            f"{sum(failed.values()):,} failed ({', '.join(f'{k} {v}' for k, v in failed.most_common()) or '-'})",
+        ),
         ("still missing", f"{missing:,}" + (" (re-run the same command to send them)" if missing else "")),
     ]
     console.print(summary_table(stats, title=f"collect summary ({plan.teacher.model})", cost=cost, extra_rows=extra))
-    log.info("collect summary: answered %d/%d, rejected %d, missing %d, tokens %d/%d", answered, len(ids), sum(rejected.values()), missing, stats.tokens_in, stats.tokens_out)
+    log.info(
+        "collect summary: answered %d/%d, rejected %d, missing %d, tokens %d/%d",
+        answered,
+        len(ids),
+        sum(rejected.values()),
+        missing,
+        stats.tokens_in,
+        stats.tokens_out,
+    )
     if isinstance(error, KeyboardInterrupt):
         console.print("[yellow]interrupted: everything received so far is saved; re-run the same command to resume")
         return 130

@@ -1,5 +1,0 @@
-"""Teacher data: prepare prompt sets (`gad.teacher.prepare`) and collect black-box teacher
-responses through the shared async API layer (`gad.teacher.collect`, built on `gad.api`).
-
-Kept out of `gad.data` so the command-line tools start without importing the training stack.
-"""
