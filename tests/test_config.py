@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ROOT, assert_one_line_error, run_entry
 from hydra import compose, initialize_config_dir
@@ -105,3 +107,32 @@ def test_every_trainer_composes_with_the_main_experiment(trainer):
         "fsdp_cpu": "TwoNetworkFSDPStrategy",
     }.get(trainer)
     assert (strategy == "auto") if expected is None else strategy._target_ == f"gad.distributed.{expected}"
+
+
+@pytest.mark.parametrize(
+    "node, schema, key, fragment",
+    [
+        (
+            {"run": "latest", "prompts": None, "metric": "bleu", "max_length_ratio": 1.25, "include_last": False},
+            "SelectConfig",
+            "select",
+            "select.metric=bleu is invalid",
+        ),
+        (
+            {"run": "latest", "prompts": None, "metric": "auto", "max_length_ratio": 0, "include_last": False},
+            "SelectConfig",
+            "select",
+            "select.max_length_ratio=0 is invalid",
+        ),
+        ({"limit": 0}, "Limit", "", "limit=0 is invalid"),
+        ({"path": "x.jsonl", "limit": 2.5}, "PromptSetSpec", "prompt_sets.a", "prompt_sets.a.limit=2.5 is invalid"),
+        ({"path": "x.jsonl", "colums": {}}, "PromptSetSpec", "prompt_sets.a", "prompt_sets.a.colums: unknown key"),
+    ],
+)
+def test_eval_knobs_name_their_key(node, schema, key, fragment):
+    from gad.config.typed import typed
+    from gad.evaluation import select, sets
+
+    cls = getattr(select, schema, None) or getattr(sets, schema)
+    with pytest.raises(GADError, match=re.escape(fragment)):
+        typed(cls, node, key)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from gad.config.typed import require, typed
 from gad.errors import GADError
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
 from gad.evaluation.model_specs import CKPT, ModelSpec, fingerprint
@@ -92,29 +94,58 @@ def _nan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+@dataclass
+class SelectConfig:
+    """`select` of conf/eval.yaml (each knob documented there, next to its default)."""
+
+    run: Optional[str]
+    prompts: Any
+    metric: str
+    max_length_ratio: Optional[float]
+    include_last: bool
+
+    def __post_init__(self) -> None:
+        require(
+            self.metric == "auto" or self.metric in METRICS,
+            "metric",
+            self.metric,
+            f"must be auto or one of {', '.join(sorted(METRICS))}",
+        )
+        require(
+            self.max_length_ratio is None or self.max_length_ratio > 0,
+            "max_length_ratio",
+            self.max_length_ratio,
+            "must be a number > 0 or null",
+        )
+
+
+@dataclass
+class Limit:
+    """The entry config's `limit`: the first N prompts of every set."""
+
+    limit: Optional[int]
+
+    def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
+
+
 def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
     from gad.evaluation.report import write_outputs
     from gad.runs import checkpoints, latest_run
 
-    sel = cfg.select
+    sel = typed(SelectConfig, cfg.select, "select")
     run_text = str(sel.run)
     run_dir = latest_run(Path(cfg.paths.log_dir) / "train") if run_text == "latest" else Path(run_text).expanduser()
     if not (run_dir / "config.yaml").is_file():
         raise GADError(f"select.run: '{run_text}' is not a training run folder (no config.yaml)")
     ckpts = checkpoints(run_dir)
-    if sel.get("include_last") and (run_dir / "checkpoints" / "last.ckpt").exists():
+    if sel.include_last and (run_dir / "checkpoints" / "last.ckpt").exists():
         ckpts.append(run_dir / "checkpoints" / "last.ckpt")
     if not ckpts:
         raise GADError(
             f"select.run: {run_dir} has no checkpoints/step_*.ckpt (set callbacks.step_checkpoint.every_n_steps)"
         )
-    metric = str(sel.get("metric") or "auto")
-    if metric != "auto" and metric not in METRICS:
-        raise GADError(f"select.metric must be auto or one of {sorted(METRICS)}, got {metric!r}")
-    bound = sel.get("max_length_ratio")
-    if bound is not None and (not isinstance(bound, (int, float)) or bound <= 0):
-        raise GADError(f"select.max_length_ratio must be a positive number or null, got {bound!r}")
-
+    metric, bound = sel.metric, sel.max_length_ratio
     valset = validation_set(cfg, run_dir.resolve())
     models: dict[str, ModelSpec] = {}
     for path in ckpts:

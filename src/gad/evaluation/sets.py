@@ -9,10 +9,10 @@ The teacher response is optional (prompts-only sets get no teacher-based metrics
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
+from gad.config.typed import require, typed
 from gad.data.records import Columns, read_records
 from gad.errors import GADError
 
@@ -36,30 +36,26 @@ def check_name(kind: str, name: str) -> str:
     return str(name)
 
 
+@dataclass
+class PromptSetSpec:
+    """`prompt_sets.<name>` written as a mapping (a bare string is its `path`)."""
+
+    path: str
+    split: str = "train"
+    columns: Columns = field(default_factory=Columns)
+    limit: Optional[int] = None  # the first rows only (null: the entry config's `limit`)
+
+    def __post_init__(self) -> None:
+        require(bool(self.path), "path", self.path, "a file, folder or hub dataset id is required")
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
+
+
 def load_set(name: str, spec: Any, limit: int | None = None) -> PromptSet:
     check_name("prompt_sets", name)
-    if isinstance(spec, str):
-        spec = {"path": spec}
-    if not isinstance(spec, Mapping) or not spec.get("path"):
-        raise GADError(f"prompt_sets.{name}: expected a path or {{path, split, columns, limit}}, got {spec!r}")
-    unknown = set(spec) - {"path", "split", "columns", "limit"}
-    if unknown:
-        raise GADError(f"prompt_sets.{name}: unknown keys {sorted(unknown)} (use path, split, columns, limit)")
-    columns = dict(spec.get("columns") or {})
+    spec = typed(PromptSetSpec, {"path": spec} if isinstance(spec, str) else spec, f"prompt_sets.{name}")
     try:
-        cols = Columns(**columns)
-    except TypeError:
-        raise GADError(f"prompt_sets.{name}.columns: only id, messages, response, teacher, meta") from None
-    try:
-        records, _ = read_records(
-            str(spec["path"]), cols, split=str(spec.get("split") or "train"), require_response=False
-        )
+        records, _ = read_records(spec.path, spec.columns, split=spec.split, require_response=False)
     except GADError as err:
         raise GADError(f"prompt_sets.{name}: {err}") from None
-    cap = spec.get("limit", None)
-    cap = limit if cap is None else cap
-    if cap is not None:
-        if not isinstance(cap, int) or cap < 1:
-            raise GADError(f"prompt_sets.{name}.limit / limit must be a positive integer, got {cap!r}")
-        records = records[:cap]
-    return PromptSet(name, str(spec["path"]), records)
+    cap = limit if spec.limit is None else spec.limit  # `limit` (checked with `select`, gad.evaluation.select)
+    return PromptSet(name, spec.path, records[:cap] if cap is not None else records)
