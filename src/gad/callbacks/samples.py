@@ -59,7 +59,7 @@ class RolloutSamples(L.Callback):
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for line in records:
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         # Lightning's loggers put method step k at x = k - 1 (their step counts batches from 0).
         log_rollouts(trainer.loggers, records, scores.teacher, scores.student, step - 1)
