@@ -31,19 +31,20 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    """`method.*_scheduler`: gad.methods.optim.warmup_schedule, counted in that network's optimizer steps."""
+    """`method.*_scheduler`: gad.methods.optim.warmup_schedule, counted in updates (that network's optimizer
+    steps; "steps" are method steps everywhere)."""
 
     _target_: str
     _partial_: bool
-    warmup_steps: int
-    total_steps: Optional[int]
+    warmup_updates: int
+    total_updates: Optional[int]
 
     def __post_init__(self) -> None:
-        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be an integer >= 0")
+        require(self.warmup_updates >= 0, "warmup_updates", self.warmup_updates, "must be an integer >= 0")
         require(
-            self.total_steps is None or self.total_steps >= 1,
-            "total_steps",
-            self.total_steps,
+            self.total_updates is None or self.total_updates >= 1,
+            "total_updates",
+            self.total_updates,
             "must be null or an integer >= 1",
         )
 

@@ -95,7 +95,7 @@ class GADModule(DistillModule):
             warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
             generator_scheduler = functools.partial(
                 generator_scheduler,
-                first_steps=warmup_updates,
+                first_updates=warmup_updates,
                 first_scale=warmup_lr / generator_optimizer.keywords["lr"],
             )
         super().__init__(

@@ -19,34 +19,35 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _warmup_factor(
-    step: int, warmup_steps: int, total_steps: int | None, first_steps: int, first_scale: float
+    update: int, warmup_updates: int, total_updates: int | None, first_updates: int, first_scale: float
 ) -> float:
-    scale = first_scale if step < first_steps else 1.0
-    if warmup_steps > 0 and step < warmup_steps:
-        return scale * (step + 1) / warmup_steps
-    if total_steps:  # linear decay to 0 after warm-up
-        return scale * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    scale = first_scale if update < first_updates else 1.0
+    if warmup_updates > 0 and update < warmup_updates:
+        return scale * (update + 1) / warmup_updates
+    if total_updates:  # linear decay to 0 after warm-up
+        return scale * max(0.0, (total_updates - update) / max(1, total_updates - warmup_updates))
     return scale
 
 
 def warmup_schedule(
     optimizer: torch.optim.Optimizer,
-    warmup_steps: int = 0,
-    total_steps: int | None = None,
-    first_steps: int = 0,
+    warmup_updates: int = 0,
+    total_updates: int | None = None,
+    first_updates: int = 0,
     first_scale: float = 1.0,
 ):
-    """Linear warm-up over `warmup_steps`, then constant (total_steps=None, the paper) or linear decay.
+    """Linear warm-up over `warmup_updates`, then constant (total_updates=None, the paper) or linear decay.
 
-    The first `first_steps` optimizer steps run at `first_scale` x the rate (a method uses this
-    for a phase with its own learning rate, e.g. GAD's warm-up); counted in this optimizer's
-    steps, the schedule stays a pure function of its step and so resumes exactly.
+    Counted in updates: optimizer steps of this network (GAD updates G once per method step where G
+    trains, so its updates lag its method steps by D's solo steps). "Step" always means a method step.
+    The first `first_updates` updates run at `first_scale` x the rate (a method uses this for a phase with
+    its own learning rate, e.g. GAD's warm-up); a pure function of the update count, so it resumes exactly.
     """
     factor = functools.partial(
         _warmup_factor,
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        first_steps=first_steps,
+        warmup_updates=warmup_updates,
+        total_updates=total_updates,
+        first_updates=first_updates,
         first_scale=first_scale,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
