@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from measured import add_write_option, record  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,8 +37,15 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument(
         "--warmup", type=int, default=200, help="requests sent first and not timed (connections, imports)"
     )
+    add_write_option(parser, "collect")
     args = parser.parse_args(argv)
+    with record("Throughput of the collector against a loopback server", "collect", write=args.write) as rec:
+        rec.fact("device used", "none (HTTP client and a loopback server, one process each)")
+        return measure(args)
 
+
+def measure(args) -> float:
+    """Runs the server and the collector; prints the rate; returns achieved / ideal."""
     from gad.api import ClientSettings, Journal, make_client, run_journaled
     from gad.teacher_data.collect import CollectPlan, RefusalDetector, TeacherSpec, make_work
 

@@ -142,7 +142,8 @@ def render(title: str, command: str, output: str, facts: dict[str, str], note: s
     ]
     if note:
         lines += [note, ""]
-    body = _ANSI.sub("", output).replace("\r\n", "\n").rstrip()
+    # rich pads centred titles and table rows with spaces: trailing blanks go, nothing visible changes
+    body = "\n".join(line.rstrip() for line in _ANSI.sub("", output).replace("\r\n", "\n").splitlines()).strip("\n")
     fence = "```"
     while fence in body:  # a fence longer than any run of backticks in the output
         fence += "`"
