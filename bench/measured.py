@@ -219,7 +219,8 @@ def record(title: str, name: str, write: bool, command: str | None = None) -> It
     sys.stdout.flush()
     facts = {**machine_facts(), **rec.facts, "load average at start (1, 5, 15 min)": rec.load_at_start}
     path = write_file(rec, tee.copy.getvalue(), facts)
-    print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"wrote {shown}", file=sys.stderr)
 
 
 def write_file(rec: Recording, output: str, facts: dict[str, str]) -> Path:
