@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from measured import add_write_option, record  # noqa: E402
+
 GIB = 1024**3
 
 
@@ -177,11 +179,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="blocks (default: SmolLM2-135M's 30)")
     parser.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    add_write_option(parser, "checkpoint")
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.layers, args.dir)))
         return
+    with record("What a periodic checkpoint save costs", "checkpoint", write=args.write) as rec:
+        compare(args)
+        rec.fact("torch threads", f"{max(1, (os.cpu_count() or 1) // 2)} (set in each way's process)")
 
+
+def compare(args) -> None:
+    """Runs each way in its own process and prints the table."""
     rows = {}
     for way in ("old", "new"):
         with tempfile.TemporaryDirectory(prefix="gad-bench-ckpt-") as folder:

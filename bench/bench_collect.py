@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from measured import add_write_option, record  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,10 +37,17 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument(
         "--warmup", type=int, default=200, help="requests sent first and not timed (connections, imports)"
     )
+    add_write_option(parser, "collect")
     args = parser.parse_args(argv)
+    with record("Throughput of the collector against a loopback server", "collect", write=args.write) as rec:
+        rec.fact("device used", "none (HTTP client and a loopback server, one process each)")
+        return measure(args)
 
-    from gad.api import ClientSettings, Journal, make_client, run_journaled
-    from gad.teacher_data.collect import CollectPlan, RefusalDetector, TeacherSpec, make_work
+
+def measure(args) -> float:
+    """Runs the server and the collector; prints the rate; returns achieved / ideal."""
+    from gad.api import Journal, make_client, run_journaled
+    from gad.teacher_data.collect import CollectPlan, RefusalConfig, TeacherConfig, make_work
 
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "chat_server.py"), "--latency", str(args.latency)],
@@ -47,32 +56,44 @@ def main(argv: list[str] | None = None) -> float:
     )
     try:
         base_url = server.stdout.readline().strip()
-        settings = ClientSettings(
-            base_url=base_url, require_api_key=False, max_retries=2, http_backend=args.http_backend
-        )
-        spec = TeacherSpec(
+        settings = TeacherConfig(  # conf/teacher/vllm.yaml's keys, at the loopback server
+            base_url=base_url,
+            api_key_env="VLLM_API_KEY",
+            require_api_key=False,
+            timeout_s=600,
+            connect_timeout_s=10,
+            max_retries=2,
+            backoff_initial_s=1.0,
+            backoff_max_s=30,
+            http_backend=args.http_backend,
             model="bench",
             concurrency=args.concurrency,
-            params={"temperature": 0.7, "max_tokens": 512},
+            temperature=0.7,
+            top_p=None,
+            max_tokens=512,
+            max_tokens_field="max_tokens",
+            seed=None,
             system_prompt=None,
+            extra_body={},
             price_in_per_mtok=None,
             price_out_per_mtok=None,
         )
         with tempfile.TemporaryDirectory() as tmp:
             plan = CollectPlan(
-                prompts="-",
+                prompts=tmp,  # not read: the prompts are made below
+                system_prompt=None,
+                system_prompt_tokenizer=None,
                 prompts_split="train",
-                output=Path(tmp) / "out.jsonl",
-                failures=Path(tmp) / "f.jsonl",
                 limit=None,
+                output=str(Path(tmp) / "out.jsonl"),
+                failures=str(Path(tmp) / "out.jsonl.failures"),
                 retry_rejected=False,
                 keep_truncated=False,
-                refusal=RefusalDetector([r"^I'm sorry"]),
+                refusal=RefusalConfig(enabled=True, scan_chars=300, patterns=[r"^I'm sorry"]),
                 abort_after_failures=0,
                 fsync_interval_s=1.0,
                 progress=False,
-                client=settings,
-                teacher=spec,
+                teacher=settings,
             )
 
             def prompts(tag: str, n: int):
@@ -88,7 +109,7 @@ def main(argv: list[str] | None = None) -> float:
                 client = make_client(settings, "EMPTY", concurrency=args.concurrency)
                 work = make_work(plan, client, [])
                 try:
-                    with Journal(plan.output, fsync_interval_s=1.0) as out, Journal(plan.failures) as side:
+                    with Journal(plan.output_path, fsync_interval_s=1.0) as out, Journal(plan.failures_path) as side:
                         await run_journaled(
                             prompts("warm", args.warmup),
                             work,

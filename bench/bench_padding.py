@@ -43,6 +43,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from measured import add_write_option, record  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -357,11 +358,13 @@ def main() -> None:
     parser.add_argument("--toy-segment", type=int, default=8, help="rollout_segment_tokens of the timed toy step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-timing", action="store_true")
+    add_write_option(parser, "padding")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    token_report(args.budget, args.prompts, args.samples, args.seed, args.segment)
-    if not args.skip_timing:
-        time_paths(args.rounds, 2048, args.toy_segment, args.seed)
+    with record("How much of a GAD step goes to padding, before and after packing", "padding", write=args.write):
+        token_report(args.budget, args.prompts, args.samples, args.seed, args.segment)
+        if not args.skip_timing:
+            time_paths(args.rounds, 2048, args.toy_segment, args.seed)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from measured import add_write_option, record  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -92,7 +93,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed adversarial steps")
     parser.add_argument("--skip", type=int, default=3, help="untimed steps first (allocator and cache warm-up)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
+    add_write_option(parser, "step")
     args = parser.parse_args()
+    with record("Where an adversarial GAD step spends its time", "step", write=args.write) as rec:
+        rec.fact("device used", report(args))
+
+
+def report(args) -> str:
+    """Times the steps and prints the table; returns the device the module ran on."""
     cfg, module, rows = time_adversarial_steps(args.overrides, args.steps, args.skip)
 
     mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in ["total", *SECTIONS]}
@@ -113,6 +121,7 @@ def main() -> None:
         f"rollout throughput: {tokens / sum(r['rollout'] for r in rows):.0f} generated tokens/s; "
         f"whole step: {tokens / sum(r['total'] for r in rows):.0f} generated tokens/s"
     )
+    return str(module.device)
 
 
 if __name__ == "__main__":

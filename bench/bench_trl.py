@@ -38,6 +38,7 @@ import time
 import torch
 from bench_step import time_adversarial_steps
 from hydra.utils import instantiate
+from measured import add_write_option, record
 from rich.console import Console
 from rich.table import Table
 
@@ -140,8 +141,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs the three sides, in a rotated order")
     parser.add_argument("--lr", type=float, default=1e-9, help="learning rate of every trained network, both sides")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
+    add_write_option(parser, "trl")
     args = parser.parse_args()
+    with record("This project's GAD step and TRL's GRPOTrainer, side by side", "trl", write=args.write) as rec:
+        device = compare(args)
+        rec.fact("device used", device)
+        rec.fact("trl", _trl_version())
 
+
+def _trl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trl")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def compare(args) -> str:
+    """Runs the rounds and prints the table; returns the device this project's module ran on."""
     overrides = [
         f"method.generator_optimizer.lr={args.lr}",
         f"method.discriminator_optimizer.lr={args.lr}",
@@ -188,6 +206,7 @@ def main() -> None:
     console = Console()
     console.print(table)
     console.print("GAD step / TRL, each round's medians: " + ", ".join(f"{x:.2f}" for x in round_ratios))
+    return str(module.device)
 
 
 if __name__ == "__main__":

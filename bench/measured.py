@@ -1,0 +1,230 @@
+"""Generated measurement files: docs/measured/<name>.md, written by the benchmark scripts' `--write`.
+
+A script wraps what it prints in `record(...)`; with `write=True` everything it prints to stdout (print,
+rich) is also captured, and on a normal exit the file is written: a title, the exact command that
+generated it, the date, the git commit, the machine facts that matter for the figures, then the printed
+output verbatim in a text block. Without `write` the script runs and prints exactly as it would without.
+
+    from measured import add_write_option, record
+
+    parser = argparse.ArgumentParser(...)
+    add_write_option(parser, "step")
+    args = parser.parse_args()
+    with record("Where an adversarial GAD step spends its time", "step", write=args.write) as rec:
+        ...                                     # print as usual
+        rec.fact("device used", str(module.device))
+
+While recording, rich consoles print at a fixed width (`WIDTH` columns, through the COLUMNS variable rich
+reads), so the file does not depend on the terminal of whoever ran the command; consoles created with an
+explicit width keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "docs" / "measured"
+WIDTH = 120  # rich's columns while recording: the repository's line length
+
+# Terminal escapes (colours, cursor, hyperlinks) rich writes when stdout is a terminal: not in the file.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+def add_write_option(parser, name: str) -> None:
+    """The scripts' `--write` flag: also write docs/measured/<name>.md."""
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also write what this prints to docs/measured/{name}.md (with the command, commit and machine)",
+    )
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """`python <script relative to the repository root> <args>`, as typed to produce this run."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve()
+    try:
+        shown = script.relative_to(ROOT).as_posix()
+    except ValueError:
+        shown = argv[0]
+    return shlex.join(["python", shown, *argv[1:]])
+
+
+def git_commit() -> str:
+    """Short sha of HEAD, "+ local changes" when the tree differs from it (docs/measured/ aside)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/measured")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{sha} + local changes" if dirty else sha
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine_facts(torch_threads: int | None = None) -> dict[str, str]:
+    """CPU, torch threads, devices and the versions the figures depend on."""
+    import torch
+
+    cpus = os.cpu_count() or 0
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cpus
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        cuda = f"{len(names)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
+    else:
+        cuda = "none (CPU only)"
+    return {
+        "CPU": f"{cpus} cores ({usable} usable by this process), {_cpu_model()}",
+        "torch threads": str(torch.get_num_threads() if torch_threads is None else torch_threads),
+        "CUDA devices": cuda,
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+    }
+
+
+def render(
+    title: str, command: str, output: str, facts: dict[str, str], note: str | None = None, commit: str | None = None
+) -> str:
+    """The generated file's markdown."""
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `{command}`: what it printed is below, verbatim.",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {commit or git_commit()}",
+        *(f"- {key}: {value}" for key, value in facts.items()),
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    # rich pads centred titles and table rows with spaces: trailing blanks go, nothing visible changes
+    body = "\n".join(line.rstrip() for line in _ANSI.sub("", output).replace("\r\n", "\n").splitlines()).strip("\n")
+    fence = "```"
+    while fence in body:  # a fence longer than any run of backticks in the output
+        fence += "`"
+    lines += [f"{fence}text", body, fence, "", "Re-run the command to refresh this file; do not edit it by hand.", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(name: str, text: str) -> Path:
+    """docs/measured/<name>.md, replaced whole (a temporary file, then a rename)."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"{name}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+class _Tee:
+    """stdout as it was, plus a copy of everything written; anything else (isatty, fileno, encoding) is the
+    original stream's, so rich and print behave as without it."""
+
+    def __init__(self, stream):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class Recording:
+    def __init__(self, title: str, name: str, command: str):
+        self.title, self.name, self.command = title, name, command
+        self.facts: dict[str, str] = {}
+        self.note: str | None = None
+        self.load_at_start = load_average()
+        self.commit = git_commit()  # the code that ran: taken at the start, not when the file is written
+
+    def fact(self, key: str, value: str) -> None:
+        """A fact about this run for the file's list (the device used, a setting)."""
+        self.facts[key] = value
+
+
+@contextlib.contextmanager
+def record(title: str, name: str, write: bool, command: str | None = None) -> Iterator[Recording]:
+    """Captures what the block prints (when `write`) and writes docs/measured/<name>.md after it, if it ends
+    without an exception."""
+    rec = Recording(title, name, command or command_line())
+    if not write:
+        yield rec
+        return
+    tee, columns = _Tee(sys.stdout), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(WIDTH)
+    sys.stdout = tee
+    try:
+        yield rec
+    finally:
+        sys.stdout = tee.stream
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    sys.stdout.flush()
+    facts = {**machine_facts(), **rec.facts, "load average at start (1, 5, 15 min)": rec.load_at_start}
+    path = write_file(rec, tee.copy.getvalue(), facts)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"wrote {shown}", file=sys.stderr)
+
+
+def write_file(rec: Recording, output: str, facts: dict[str, str]) -> Path:
+    return write_markdown(rec.name, render(rec.title, rec.command, output, facts, rec.note, rec.commit))
