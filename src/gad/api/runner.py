@@ -249,6 +249,10 @@ async def run_journaled(
         for t in tasks:
             if not t.done():
                 t.cancel()
+        # Wait for the cancelled workers to unwind their in-flight requests (Ctrl-C, a fatal error) before the
+        # caller closes its client: a close that waits on a connection a worker still holds would otherwise wait
+        # for the server's reply.
+        await asyncio.gather(*tasks, return_exceptions=True)
         stats.elapsed_s = time.monotonic() - start
         if retry_counts is not None:
             stats.retried = Counter(retry_counts)
