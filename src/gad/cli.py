@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import signal
 import sys
 from typing import Any
 
@@ -16,6 +17,22 @@ from omegaconf import DictConfig
 
 import gad.run_folder  # noqa: F401  # the ${gad.run_id:} resolver of run folder names (conf/hydra/default.yaml)
 from gad.errors import exit_on_interrupt, exit_on_user_error
+
+
+@contextlib.contextmanager
+def interrupt_at_once():
+    """Ctrl-C raises KeyboardInterrupt where the program is, also inside `asyncio.run`. asyncio's own handler
+    (installed only while the default one is) first cancels the main task and waits for it to unwind, and a
+    cancelled request's cleanup can wait on a connection, i.e. for a server's reply."""
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def start(
@@ -35,7 +52,7 @@ def start(
     module, function = body.split(":")
     run = getattr(importlib.import_module(module), function)
     interrupt = exit_on_interrupt(kept_on_interrupt) if kept_on_interrupt else contextlib.nullcontext()
-    with exit_on_user_error(), interrupt:
+    with exit_on_user_error(), interrupt, interrupt_at_once() if kept_on_interrupt else contextlib.nullcontext():
         if console:
             from gad.console import setup
 
