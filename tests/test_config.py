@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_one_line_error, run_entry
@@ -136,3 +137,32 @@ def test_eval_knobs_name_their_key(node, schema, key, fragment):
     cls = getattr(select, schema, None) or getattr(sets, schema)
     with pytest.raises(GADError, match=re.escape(fragment)):
         typed(cls, node, key)
+
+
+def test_a_run_folder_written_before_a_rename_loads_with_the_new_keys(tmp_path):
+    """KD's `method.temperature` (now `softening_temperature`) and the schedulers' `warmup_steps` /
+    `total_steps` (now `*_updates`) in an older run's config.yaml are read under their new names;
+    GAD's `method.temperature` (a sampling temperature) stays."""
+    from gad.runs import run_config
+
+    def old_run(method: str, renamed: dict[str, dict[str, str]]) -> tuple[Path, dict]:
+        current = OmegaConf.to_container(composed(f"method={method}"), resolve=True)
+        cfg = OmegaConf.to_container(composed(f"method={method}"), resolve=True)
+        for path, names in renamed.items():
+            node = cfg
+            for part in path.split("."):
+                node = node[part]
+            for new, old in names.items():
+                node[old] = node.pop(new)
+        run = tmp_path / method
+        run.mkdir()
+        OmegaConf.save(cfg, run / "config.yaml")
+        return run, current
+
+    schedules = {"warmup_updates": "warmup_steps", "total_updates": "total_steps"}
+    for method, renamed in (
+        ("kd", {"method": {"softening_temperature": "temperature"}, "method.generator_scheduler": schedules}),
+        ("gad", {"method.generator_scheduler": schedules, "method.discriminator_scheduler": schedules}),
+    ):
+        run, current = old_run(method, renamed)
+        assert OmegaConf.to_container(run_config(run)) == current, method

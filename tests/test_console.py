@@ -16,6 +16,7 @@ from rich.console import Console
 import gad.console
 from gad.callbacks.progress import phase_label, plan, plan_line
 from gad.callbacks.summary import RunSummary
+from gad.methods.base import DistillModule
 from gad.methods.gad import GADModule
 from gad.step_record import Phase, StepRecord
 
@@ -143,6 +144,7 @@ def test_plan_follows_the_methods_schedule(overrides, expected):
 
 def test_plan_line_of_a_method_without_phases():
     seqkd = SimpleNamespace(completed_steps=0, total_steps=50)
+    seqkd.schedule = lambda: DistillModule.schedule(seqkd)  # the base class's: no phases
     assert plan_line(seqkd) == "plan: 50 steps = training 50"
 
 

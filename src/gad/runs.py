@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import load_sharded, restore_reference
+from gad.config.renamed import upgrade
 from gad.errors import GADError
 from gad.fit import build_module
 from gad.trust import check_received_config, check_sharded_checkpoint, load_checkpoint
@@ -18,7 +19,8 @@ from gad.trust import check_received_config, check_sharded_checkpoint, load_chec
 
 def run_config(run_dir: str | Path) -> DictConfig:
     """A run's config.yaml, refused (one line) if loading the run would call anything but this
-    project's own targets: a run folder may come from someone else (gad.trust)."""
+    project's own targets: a run folder may come from someone else (gad.trust). Keys renamed
+    since the run was written are read with their new names (gad.config.renamed)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise GADError(f"{run_dir}: not a training run folder (no config.yaml)")
@@ -29,6 +31,7 @@ def run_config(run_dir: str | Path) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise GADError(f"{path}: not a training run config (not a mapping)")
     check_received_config(cfg, path)
+    upgrade(cfg)
     return cfg
 
 
@@ -57,7 +60,6 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     else:
         state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
     restore_reference(state, ckpt)  # GAD's KL reference is saved once, beside the checkpoints
-    module = build_module(cfg)
     module = build_module(cfg)
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)

@@ -68,12 +68,10 @@ class StepCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
         # Per-rank shards (FSDP save_distributed_checkpoint) load into the whole module: keep them complete.
-        if getattr(pl_module, "reference", None) is None or getattr(
-            trainer.strategy, "_save_distributed_checkpoint", False
-        ):
+        if pl_module.reference is None or getattr(trainer.strategy, "_save_distributed_checkpoint", False):
             return
         reference = {k: state.pop(k) for k in [k for k in state if k.startswith(REFERENCE_PREFIX)]}
-        if not getattr(pl_module, "reference_ready", False):
+        if not pl_module.reference_ready:
             checkpoint[REFERENCE_ENTRY] = "generator"
             return
         if not self.reference_saved:  # it never changes after warm-up: once per run (and per resumed job)

@@ -55,11 +55,10 @@ def _at_step(module: L.LightningModule, step: int) -> Iterator[None]:
 def phase_label(module: L.LightningModule, step: int | None = None) -> str:
     """The phase that method step `step` + 1 trains (default: the next step to run), from the method's
     `schedule()`; "training" for methods without phases (SeqKD, KD)."""
-    schedule = getattr(module, "schedule", None)
-    if schedule is None:
-        return "training"
     with _at_step(module, module.completed_steps if step is None else step):
-        phase, train_d, train_g = schedule()
+        phase, train_d, train_g = module.schedule()
+    if phase is None:
+        return "training"
     if phase is Phase.ADVERSARIAL:
         return "adversarial"
     if phase is Phase.D_ON_FROZEN_G:

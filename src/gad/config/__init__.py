@@ -5,6 +5,7 @@
     data.py      data (the teacher-data replay)
     model.py     model.lora
     validate.py  the whole training config, checked once before anything loads
+    renamed.py   keys renamed since older run folders were written, read with their new names
 
 The YAML files under conf/ hold each knob's default and its documentation.
 """

@@ -87,6 +87,10 @@ class DistillModule(L.LightningModule):
         self.wrapped: dict[str, torch.nn.Module] = {}
         self.synced: set[str] = set()  # networks whose gradients went through their wrapper's all-reduce this step
         self.completed_steps = 0
+        # A frozen policy the loss compares with (GAD's KL reference) and whether it holds its final
+        # weights yet (GAD: the student at the end of warm-up); the checkpoint callback saves it once.
+        self.reference: torch.nn.Module | None = None
+        self.reference_ready = False
         self.reshard_after_forward = True  # under FSDP: the strategy's setting (configure_model)
         self.timings: dict[str, float] = {}
         self.val_nll = MeanMetric()
@@ -99,6 +103,11 @@ class DistillModule(L.LightningModule):
     @property
     def total_steps(self) -> int:
         raise NotImplementedError
+
+    def schedule(self) -> tuple[Phase | None, bool, bool]:
+        """(phase, train D?, train G?) for the next step, method step `completed_steps` + 1. Methods
+        without phases (SeqKD, KD) train the student alone at every step."""
+        return None, False, True
 
     def end_step(
         self,

@@ -1,0 +1,36 @@
+"""Keys renamed since run folders were first written. A run's config.yaml from before a rename is
+read with the new names (`gad.runs.run_config`): each rename kept the key's meaning and units, so
+the run evaluates and reloads exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, open_dict
+
+# node -> {old key: new key}, for the nodes whose `_target_` is given (None: any target)
+RENAMED: list[tuple[str, str | None, dict[str, str]]] = [
+    # KD's softening temperature T (method.temperature is a sampling temperature everywhere else)
+    ("method", "gad.methods.KDModule", {"temperature": "softening_temperature"}),
+    # LR schedules count updates (optimizer steps of that network); every *_steps knob counts method steps
+    *(
+        (f"method.{network}_scheduler", None, {"warmup_steps": "warmup_updates", "total_steps": "total_updates"})
+        for network in ("generator", "discriminator")
+    ),
+]
+
+
+def upgrade(cfg: DictConfig) -> list[str]:
+    """Rename old keys in `cfg` in place; returns `old -> new` for each key renamed."""
+    done = []
+    for path, target, names in RENAMED:
+        node = cfg
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        if not isinstance(node, DictConfig) or (target is not None and node.get("_target_") != target):
+            continue
+        for old, new in names.items():
+            if old in node and new not in node:
+                with open_dict(node):
+                    node[new] = node.pop(old)
+                done.append(f"{path}.{old} -> {path}.{new}")
+    return done
