@@ -79,10 +79,12 @@ def test_invalid_values_name_the_key(override, key):
     [
         ("method.temperature=0", "method.temperature=0 is invalid"),
         ("method.temprature=1", "method.temprature"),
+        ("method=kd method.temperature=2", "renamed method.softening_temperature"),  # KD's T, before a rename
+        ("method.generator_scheduler.warmup_steps=5", "renamed method.generator_scheduler.warmup_updates"),
     ],
 )
 def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragment):
-    assert_one_line_error(run_entry("train.py", override, f"paths.log_dir={tmp_path}"), fragment)
+    assert_one_line_error(run_entry("train.py", *override.split(), f"paths.log_dir={tmp_path}"), fragment)
 
 
 def test_real_experiment_offline_fails_with_one_line(tmp_path):

@@ -90,6 +90,8 @@ def run_cli(main) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from gad.config.renamed import renamed_to
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides into .hydra/
@@ -108,6 +110,9 @@ def run_cli(main) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         cause = err.__cause__
         detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        overridden = re.match(r"Could not override '([\w.]+)'", first)
+        if overridden and (new := renamed_to(overridden.group(1))):
+            detail += f"; it was renamed {new}"
         print(f"error: {one_line(first + detail)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
 

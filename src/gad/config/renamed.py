@@ -34,3 +34,13 @@ def upgrade(cfg: DictConfig) -> list[str]:
                     node[new] = node.pop(old)
                 done.append(f"{path}.{old} -> {path}.{new}")
     return done
+
+
+def renamed_to(key: str) -> str | None:
+    """The new name of `key` (a full dotted key, e.g. `method.generator_scheduler.warmup_steps`) if it
+    is an old name in some node, for the error line of an override that uses it; None otherwise."""
+    path, _, name = key.rpartition(".")
+    for node, _target, names in RENAMED:
+        if node == path and name in names:
+            return f"{path}.{names[name]}"
+    return None
