@@ -21,7 +21,14 @@ from gad.errors import run_cli  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return start(cfg, "gad.fit:train", returns_status=False, console=True, prints_run_folder=True)
+    return start(
+        cfg,
+        "gad.fit:train",
+        check="gad.config.validate:validate",
+        returns_status=False,
+        console=True,
+        prints_run_folder=True,
+    )
 
 
 if __name__ == "__main__":

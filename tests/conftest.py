@@ -21,6 +21,23 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A student smaller than conf/model/tiny.yaml's for in-process tests of the rollout, prompt sharing and
+# packing: the toy tokenizer's vocabulary and special tokens, Qwen2's architecture.
+TINY = dict(
+    model_type="qwen2",
+    vocab_size=259,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+    pad_token_id=256,
+    eos_token_id=258,
+)
+PAD = 256
+
 # A few steps of every phase on the toy world: 3 warm-up (1 of them D only), 3 adversarial
 # (conf/debug/fast.yaml). With another debug config too: `debug=[fast,ranks]` (a second `debug=` replaces the first).
 FAST = ["debug=fast"]

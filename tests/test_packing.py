@@ -7,8 +7,9 @@ import random
 
 import pytest
 import torch
+from conftest import TINY
 from hydra.utils import instantiate
-from test_prompt_sharing import TINY, gad_module, grouped_rows
+from test_prompt_sharing import gad_module, grouped_rows
 
 from gad.models import load_student
 from gad.packing import packed_forward_after_prompt, packed_response_logits, plan_packs

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import PAD, ROOT, TINY
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -16,21 +16,6 @@ from gad.fit import build_module
 from gad.models import load_student
 from gad.prompt_sharing import can_share_prompt, forward_after_prompt
 from gad.rollout import generation_config, sample
-
-TINY = dict(
-    model_type="qwen2",
-    vocab_size=259,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    tie_word_embeddings=True,
-    pad_token_id=256,
-    eos_token_id=258,
-)
-PAD = 256
 
 
 def grouped_rows(prompts: int = 3, group: int = 4, width: int = 9, reply: int = 6, seed: int = 0):

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PAD, TINY
 
 from gad.losses import response_mask
 from gad.models import load_student
 from gad.rollout import decode_row_steps, generation_config, sample
 
-TINY = dict(
-    model_type="qwen2",
-    vocab_size=259,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    tie_word_embeddings=True,
-    pad_token_id=256,
-    eos_token_id=258,
-)
-PAD = 256
 # A random model rarely picks one given token: with an eighth of the vocabulary ending a response
 # (and weights large enough that greedy decoding does not loop on one token), rows end after a few
 # tokens, at different steps, under greedy decoding too.

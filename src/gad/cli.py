@@ -40,19 +40,23 @@ def start(
     body: str,
     *,
     returns_status: bool,
+    check: str = "",
     console: bool = False,
     prints_run_folder: bool = False,
     kept_on_interrupt: str = "",
 ) -> Any:
     """Run `body` ("module:function", called with `cfg`). With `returns_status` its return value is
     an exit status (non-zero: exit with it); otherwise it is handed back to Hydra (a sweeper's metric).
+    `check` ("module:function"): validates `cfg` before the body's module is imported, so a config
+    mistake is one line within a second or so rather than after torch and Lightning load;
     `console`: third-party progress bars and info logs off unless verbose=true (gad.console);
     `prints_run_folder`: then the first line names the run folder (cfg.paths.output_dir).
     `kept_on_interrupt`: Ctrl-C is an `error:` line saying what survived, and exit 130."""
-    module, function = body.split(":")
-    run = getattr(importlib.import_module(module), function)
     interrupt = exit_on_interrupt(kept_on_interrupt) if kept_on_interrupt else contextlib.nullcontext()
     with exit_on_user_error(), interrupt, interrupt_at_once() if kept_on_interrupt else contextlib.nullcontext():
+        if check:
+            _function(check)(cfg)
+        run = _function(body)
         if console:
             from gad.console import setup
 
@@ -61,3 +65,8 @@ def start(
     if returns_status and result:
         sys.exit(result)
     return None if returns_status else result
+
+
+def _function(name: str) -> Any:
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)

@@ -16,7 +16,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import AtomicCheckpointIO
-from gad.config.validate import validate
 from gad.data.datamodule import DistillDataModule
 from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
@@ -100,8 +99,8 @@ def stop_on_interrupt(trainer: L.Trainer) -> Iterator[list[int]]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it)."""
-    validate(cfg)
+    """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it).
+    `cfg` has passed `gad.config.validate.validate` (src/train.py checks it before importing this module)."""
     if cfg.get("ckpt_path") and not os.path.exists(cfg.ckpt_path):
         raise GADError(f"ckpt_path: no such checkpoint '{cfg.ckpt_path}'")
     if cfg.get("ckpt_path"):  # one line for a file that needs more than weights_only=True allows

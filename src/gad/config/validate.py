@@ -6,6 +6,9 @@ any model loads.
 - every other node with a `_target_` may only hold arguments its target accepts (a typo in an
   experiment file would otherwise be silently ignored);
 - the rules across concerns (`check_across`, `check_composition`).
+
+The typed concerns and the rules across them import nothing heavy, so a mistake there is reported
+in about a second; the `_target_` check comes last, as it imports its targets (Lightning, torch).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from gad.config.method import METHODS
 from gad.config.model import LoraConfig
 from gad.config.typed import typed
 from gad.errors import GADError
-from gad.models import require_peft
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 INJECTED = {"student", "tokenizer", "callbacks", "logger", "lora"}  # passed by the training script, not the config
@@ -75,6 +77,8 @@ def check_concerns(cfg: DictConfig) -> None:
         lora = typed(LoraConfig, lora, "model.lora")
         for network in ("generator", "discriminator"):
             if getattr(lora, network):
+                from gad.models import require_peft  # torch and transformers: only when LoRA is on
+
                 require_peft(f"model.lora.{network}")
 
 
@@ -126,6 +130,6 @@ def validate(cfg: DictConfig) -> None:
     except Exception as err:
         raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
     check_concerns(cfg)
-    check_known_keys(cfg)
     check_across(cfg)
     check_composition(cfg)
+    check_known_keys(cfg)
