@@ -13,8 +13,8 @@ def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
         "train.py",
         "-m",
         "trainer=ddp_cpu",
-        "method.temperature=0.6,1.0",
-        "method.alpha=0,0.1",
+        "method.temperature=0.6,1.0",  # x alpha: a 2 x 1 grid (each DDP job costs ~10 s here)
+        "method.alpha=0.1",
         "method.warmup_steps=2",
         "method.adversarial_steps=1",
         f"paths.log_dir={tmp_path / 'logs'}",
@@ -24,14 +24,13 @@ def test_multirun_with_ddp_gives_one_folder_per_job_and_a_summary(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = {str(i) for i in range(4)}
+    jobs = {"0", "1"}
     assert {p.name for p in sweep.iterdir()} == jobs | {"multirun.yaml", "sweep_summary.csv", "sweep_summary.png"}
     for job in jobs:
         assert (sweep / job / "metrics.csv").is_file() and (sweep / job / "student").is_dir()
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
-    assert len(rows) == 4 and all(r["status"] == "done" and float(r["val/nll"]) > 0 for r in rows)
-    grid = {(r["method.temperature"], r["method.alpha"]) for r in rows}
-    assert len(grid) == 4
+    assert len(rows) == 2 and all(r["status"] == "done" and float(r["val/nll"]) > 0 for r in rows)
+    assert {(r["method.temperature"], r["method.alpha"]) for r in rows} == {("0.6", "0.1"), ("1.0", "0.1")}
     assert not (tmp_path / "logs").exists()  # no rank re-ran the sweep into a folder of its own
 
 
