@@ -19,9 +19,8 @@ RENAMED: list[tuple[str, str | None, dict[str, str]]] = [
 ]
 
 
-def upgrade(cfg: DictConfig) -> list[str]:
-    """Rename old keys in `cfg` in place; returns `old -> new` for each key renamed."""
-    done = []
+def upgrade(cfg: DictConfig) -> None:
+    """Rename old keys in `cfg`, in place."""
     for path, target, names in RENAMED:
         node = cfg
         for part in path.split("."):
@@ -32,8 +31,6 @@ def upgrade(cfg: DictConfig) -> list[str]:
             if old in node and new not in node:
                 with open_dict(node):
                     node[new] = node.pop(old)
-                done.append(f"{path}.{old} -> {path}.{new}")
-    return done
 
 
 def renamed_to(key: str) -> str | None:
