@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,20 @@ def test_invalid_values_name_the_key(override, key):
 )
 def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragment):
     assert_one_line_error(run_entry("train.py", *override.split(), f"paths.log_dir={tmp_path}"), fragment)
+
+
+def test_a_bad_value_stops_train_py_before_torch_is_imported(tmp_path):
+    """src/train.py validates the config before importing the training stack (gad.cli.start's check)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "src" / "train.py"), "method.num_samples=2.5"],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PROJECT_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert proc.returncode == 2 and "error: method.num_samples=2.5 is invalid" in proc.stderr
+    assert "gad.config.method" in imported and not {"torch", "lightning", "transformers"} & imported
 
 
 def test_real_experiment_offline_fails_with_one_line(tmp_path):

@@ -48,7 +48,7 @@ def start(
     """Run `body` ("module:function", called with `cfg`). With `returns_status` its return value is
     an exit status (non-zero: exit with it); otherwise it is handed back to Hydra (a sweeper's metric).
     `check` ("module:function"): validates `cfg` before the body's module is imported, so a config
-    mistake is one line within a second or so rather than after torch and Lightning load;
+    mistake is one line before torch and Lightning are even imported;
     `console`: third-party progress bars and info logs off unless verbose=true (gad.console);
     `prints_run_folder`: then the first line names the run folder (cfg.paths.output_dir).
     `kept_on_interrupt`: Ctrl-C is an `error:` line saying what survived, and exit 130."""

@@ -8,7 +8,7 @@ any model loads.
 - the rules across concerns (`check_across`, `check_composition`).
 
 The typed concerns and the rules across them import nothing heavy, so a mistake there is reported
-in about a second; the `_target_` check comes last, as it imports its targets (Lightning, torch).
+before torch is imported; the `_target_` check comes last, as it imports its targets (Lightning, torch).
 """
 
 from __future__ import annotations
