@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
     start(
         cfg,
         "gad.evaluation.run:evaluate",
+        check="gad.evaluation.config:check",
         returns_status=True,
         console=True,
         kept_on_interrupt="what was generated and judged so far is cached: re-run the same command to continue",

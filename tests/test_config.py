@@ -90,18 +90,25 @@ def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragme
     assert_one_line_error(run_entry("train.py", *override.split(), f"paths.log_dir={tmp_path}"), fragment)
 
 
-def test_a_bad_value_stops_train_py_before_torch_is_imported(tmp_path):
-    """src/train.py validates the config before importing the training stack (gad.cli.start's check)."""
+@pytest.mark.parametrize(
+    "script, override, error",
+    [
+        ("train.py", "method.num_samples=2.5", "error: method.num_samples=2.5 is invalid"),
+        ("eval.py", "generation.max_new_tokens=0", "error: generation.max_new_tokens=0 is invalid"),
+    ],
+)
+def test_a_bad_value_stops_the_entry_before_torch_is_imported(tmp_path, script, override, error):
+    """src/train.py and src/eval.py validate their config before importing torch (gad.cli.start's check)."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(ROOT / "src" / "train.py"), "method.num_samples=2.5"],
+        [sys.executable, "-X", "importtime", str(ROOT / "src" / script), override],
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PROJECT_ROOT": str(tmp_path)},
         capture_output=True,
         text=True,
     )
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert proc.returncode == 2 and "error: method.num_samples=2.5 is invalid" in proc.stderr
-    assert "gad.config.method" in imported and not {"torch", "lightning", "transformers"} & imported
+    assert proc.returncode == 2 and error in proc.stderr
+    assert "gad.config.typed" in imported and not {"torch", "lightning", "transformers"} & imported
 
 
 def test_real_experiment_offline_fails_with_one_line(tmp_path):
@@ -151,9 +158,9 @@ def test_every_trainer_composes_with_the_main_experiment(trainer):
 )
 def test_eval_knobs_name_their_key(node, schema, key, fragment):
     from gad.config.typed import typed
-    from gad.evaluation import select, sets
+    from gad.evaluation import config, sets
 
-    cls = getattr(select, schema, None) or getattr(sets, schema)
+    cls = getattr(config, schema, None) or getattr(sets, schema)
     with pytest.raises(GADError, match=re.escape(fragment)):
         typed(cls, node, key)
 

@@ -16,11 +16,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gad.config.typed import finite, require, typed
+from gad.config.typed import typed
 from gad.errors import GADError
 from gad.evaluation import length_control as lc
-from gad.evaluation.generate import CacheStats, GenerationParams, PerplexityParams, StudentRunner, prompt_sha
+from gad.evaluation.config import GenerationParams, LengthControl, PerplexityParams
+from gad.evaluation.generate import CacheStats, StudentRunner
 from gad.evaluation.judge import STUDENT_FIRST, STUDENT_SECOND, Judge, JudgeStats, PairRequest, student_reference
+from gad.evaluation.keys import prompt_sha
 from gad.evaluation.metrics import (
     NGRAM_ORDERS,
     mean,
@@ -74,18 +76,6 @@ def load_sets(cfg: DictConfig) -> list[PromptSet]:
     if not isinstance(sets, Mapping) or not sets:
         raise GADError("prompt_sets: name at least one prompt file, e.g. prompt_sets='{lmsys: data/lmsys/test.jsonl}'")
     return [load_set(name, spec, cfg.get("limit")) for name, spec in sets.items()]
-
-
-@dataclass
-class LengthControl:
-    """`length_control` in conf/eval.yaml (documented there): the ratio bounds of the subset score."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        require(finite(self.low) and 0 < self.low <= 1, "low", self.low, "must be > 0 and <= 1")
-        require(finite(self.high) and self.high >= 1, "high", self.high, "must be >= 1")
 
 
 def generation_params(cfg: DictConfig) -> GenerationParams:

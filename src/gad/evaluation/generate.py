@@ -11,77 +11,18 @@ once. The model's weights are loaded only when something is missing from the cac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from gad.api.journal import Journal
 from gad.chat import with_system_prompt
-from gad.config.typed import finite, require
+from gad.evaluation.config import GenerationParams, PerplexityParams
+from gad.evaluation.keys import prompt_sha, sha
 from gad.evaluation.model_specs import ModelSpec, load_model_for
-
-
-def sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def prompt_sha(messages: list[dict]) -> str:
-    return sha(messages)[:32]
-
-
-@dataclass
-class GenerationParams:
-    """`generation` in conf/eval.yaml (each key documented there)."""
-
-    max_new_tokens: int
-    greedy: bool
-    temperature: float
-    top_p: float
-    seed: int
-    batch_size: int
-    system_prompt: Optional[str]  # gad.chat policy for conversations without a system turn (None: none)
-
-    def __post_init__(self) -> None:
-        self.system_prompt = self.system_prompt or "none"
-        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
-        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        if not self.greedy:  # sampling only: greedy decoding reads neither
-            require(finite(self.temperature) and self.temperature > 0, "temperature", self.temperature, "must be > 0")
-            require(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "must be > 0 and <= 1")
-
-    def key(self) -> dict[str, Any]:
-        """What changes the text (batch size does not, for greedy decoding)."""
-        if self.greedy:
-            return {"max_new_tokens": self.max_new_tokens, "greedy": True}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "greedy": False,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-        }
-
-
-@dataclass
-class PerplexityParams:
-    """`perplexity` in conf/eval.yaml (each key documented there)."""
-
-    enabled: bool
-    batch_size: int
-    max_prompt_tokens: int
-    max_response_tokens: int
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "max_prompt_tokens", "max_response_tokens"):
-            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-
-    def key(self) -> dict[str, Any]:
-        return {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}
 
 
 @dataclass

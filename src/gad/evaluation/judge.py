@@ -29,6 +29,7 @@ from typing import Any, Optional
 from gad.api.settings import ClientSettings
 from gad.chat import system_prompt_sent, with_system_prompt
 from gad.config.typed import finite, require, typed
+from gad.evaluation.keys import sha
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 JUDGE_INSTRUCTION = (
@@ -49,12 +50,6 @@ PAIR_TEMPLATE = (
 TEMPLATE_VERSION = "minillm-pairwise-v1"
 STUDENT_FIRST, STUDENT_SECOND = "sr", "rs"  # order of a verdict: who is Assistant 1
 _VERDICT_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*$")
-
-
-def sha(obj: Any) -> str:
-    from gad.evaluation.generate import sha as _sha
-
-    return _sha(obj)
 
 
 def question_text(messages: list[dict]) -> str:

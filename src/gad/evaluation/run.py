@@ -12,16 +12,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
-from gad.config.typed import typed
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, load_sets, resolve_models, score
 from gad.evaluation.report import write_outputs
-from gad.evaluation.select import Limit, SelectConfig, select_checkpoint
+from gad.evaluation.select import select_checkpoint
 
 
 def evaluate(cfg: DictConfig) -> int:
-    """Run what the config asks for; returns the exit status (0, or 3 when judge requests are missing)."""
-    typed(Limit, {"limit": cfg.get("limit")}, "")  # the knobs read by hand below, checked before anything loads
-    typed(SelectConfig, cfg.select, "select")
+    """Run what the config asks for; returns the exit status (0, or 3 when judge requests are missing).
+    `cfg` has passed `gad.evaluation.config.check` (src/eval.py checks it before importing this module)."""
     console = Console(stderr=True)
     out_dir = Path(cfg.paths.output_dir)
     if cfg.select.get("run"):

@@ -19,27 +19,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
-from gad.config.typed import require, typed
+from gad.config.typed import typed
 from gad.errors import GADError
+from gad.evaluation.config import METRICS, SelectConfig
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
 from gad.evaluation.model_specs import CKPT, ModelSpec, fingerprint
 from gad.evaluation.sets import PromptSet, load_set
-
-METRICS = {
-    "judge_score": +1,
-    "judge_lc_regression": +1,
-    "judge_lc_subset": +1,
-    "toy_accuracy": +1,
-    "rougeL": +1,
-    "f1_mean": +1,
-    "perplexity": -1,
-}
 
 
 def validation_set(cfg: DictConfig, run_dir: Path) -> PromptSet:
@@ -92,41 +82,6 @@ def pick_best(rows: list[dict[str, Any]], metric: str, length_key: str, bound: f
 
 def _nan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-@dataclass
-class SelectConfig:
-    """`select` of conf/eval.yaml (each knob documented there, next to its default)."""
-
-    run: Optional[str]
-    prompts: Any
-    metric: str
-    max_length_ratio: Optional[float]
-    include_last: bool
-
-    def __post_init__(self) -> None:
-        require(
-            self.metric == "auto" or self.metric in METRICS,
-            "metric",
-            self.metric,
-            f"must be auto or one of {', '.join(sorted(METRICS))}",
-        )
-        require(
-            self.max_length_ratio is None or self.max_length_ratio > 0,
-            "max_length_ratio",
-            self.max_length_ratio,
-            "must be a number > 0 or null",
-        )
-
-
-@dataclass
-class Limit:
-    """The entry config's `limit`: the first N prompts of every set."""
-
-    limit: Optional[int]
-
-    def __post_init__(self) -> None:
-        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
 
 
 def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:

@@ -57,5 +57,5 @@ def load_set(name: str, spec: Any, limit: int | None = None) -> PromptSet:
         records, _ = read_records(spec.path, spec.columns, split=spec.split, require_response=False)
     except GADError as err:
         raise GADError(f"prompt_sets.{name}: {err}") from None
-    cap = limit if spec.limit is None else spec.limit  # `limit` (checked with `select`, gad.evaluation.select)
+    cap = limit if spec.limit is None else spec.limit  # `limit` (checked by gad.evaluation.config.check)
     return PromptSet(name, spec.path, records[:cap] if cap is not None else records)

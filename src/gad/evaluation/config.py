@@ -1,0 +1,136 @@
+"""The typed definition of each knob group of conf/eval.yaml, and `check`, which validates a
+composed eval config before src/eval.py imports torch or loads a model (gad.cli.start's `check`).
+Each knob is documented once, next to its default, in conf/eval.yaml (and conf/judge/*.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from gad.config.typed import finite, require, typed
+
+# metric -> direction (+1: higher is better), the values `select.metric` may name
+METRICS = {
+    "judge_score": +1,
+    "judge_lc_regression": +1,
+    "judge_lc_subset": +1,
+    "toy_accuracy": +1,
+    "rougeL": +1,
+    "f1_mean": +1,
+    "perplexity": -1,
+}
+
+
+@dataclass
+class SelectConfig:
+    """`select` of conf/eval.yaml (each knob documented there, next to its default)."""
+
+    run: Optional[str]
+    prompts: Any
+    metric: str
+    max_length_ratio: Optional[float]
+    include_last: bool
+
+    def __post_init__(self) -> None:
+        require(
+            self.metric == "auto" or self.metric in METRICS,
+            "metric",
+            self.metric,
+            f"must be auto or one of {', '.join(sorted(METRICS))}",
+        )
+        require(
+            self.max_length_ratio is None or self.max_length_ratio > 0,
+            "max_length_ratio",
+            self.max_length_ratio,
+            "must be a number > 0 or null",
+        )
+
+
+@dataclass
+class Limit:
+    """The entry config's `limit`: the first N prompts of every set."""
+
+    limit: Optional[int]
+
+    def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
+
+
+@dataclass
+class GenerationParams:
+    """`generation` in conf/eval.yaml (each key documented there)."""
+
+    max_new_tokens: int
+    greedy: bool
+    temperature: float
+    top_p: float
+    seed: int
+    batch_size: int
+    system_prompt: Optional[str]  # gad.chat policy for conversations without a system turn (None: none)
+
+    def __post_init__(self) -> None:
+        self.system_prompt = self.system_prompt or "none"
+        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        if not self.greedy:  # sampling only: greedy decoding reads neither
+            require(finite(self.temperature) and self.temperature > 0, "temperature", self.temperature, "must be > 0")
+            require(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "must be > 0 and <= 1")
+
+    def key(self) -> dict[str, Any]:
+        """What changes the text (batch size does not, for greedy decoding)."""
+        if self.greedy:
+            return {"max_new_tokens": self.max_new_tokens, "greedy": True}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "greedy": False,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class PerplexityParams:
+    """`perplexity` in conf/eval.yaml (each key documented there)."""
+
+    enabled: bool
+    batch_size: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_prompt_tokens", "max_response_tokens"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+
+    def key(self) -> dict[str, Any]:
+        return {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}
+
+
+@dataclass
+class LengthControl:
+    """`length_control` in conf/eval.yaml (documented there): the ratio bounds of the subset score."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        require(finite(self.low) and 0 < self.low <= 1, "low", self.low, "must be > 0 and <= 1")
+        require(finite(self.high) and self.high >= 1, "high", self.high, "must be >= 1")
+
+
+def check(cfg: DictConfig) -> None:
+    """Every knob group of the eval config against its dataclass: one `error:` line naming the key
+    (prompt sets and models are checked as they are read, still before any model loads)."""
+    from gad.api.settings import api_key_from_env
+    from gad.evaluation.judge import JudgeConfig
+
+    typed(Limit, {"limit": cfg.get("limit")}, "")
+    typed(SelectConfig, cfg.select, "select")
+    typed(GenerationParams, cfg.generation, "generation")
+    typed(PerplexityParams, cfg.perplexity, "perplexity")
+    typed(LengthControl, cfg.length_control, "length_control")
+    if cfg.get("judge") is not None:
+        api_key_from_env(typed(JudgeConfig, cfg.judge, "judge"), "judge")  # a missing key fails now, not mid-run
