@@ -35,9 +35,10 @@ def upgrade(cfg: DictConfig) -> None:
 
 def renamed_to(key: str) -> str | None:
     """The new name of `key` (a full dotted key, e.g. `method.generator_scheduler.warmup_steps`) if it
-    is an old name in some node, for the error line of an override that uses it; None otherwise."""
+    is an old name in some node, and the target it was renamed for, if only one: for the error line of
+    an override that uses it; None otherwise."""
     path, _, name = key.rpartition(".")
-    for node, _target, names in RENAMED:
+    for node, target, names in RENAMED:
         if node == path and name in names:
-            return f"{path}.{names[name]}"
+            return f"{path}.{names[name]}" + (f" (for {target})" if target else "")
     return None
