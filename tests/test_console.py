@@ -4,7 +4,10 @@ bar that knows the plan (plain lines off a terminal), the run's figures in its f
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import datasets
@@ -160,3 +163,24 @@ def test_summary_calls_no_warmup_score_a_reward(tmp_path, monkeypatch):
     summary.on_fit_end(trainer, None)
     rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.startswith("│")}
     assert "-0.596" not in rows["warmup"] and "-1.657" in rows["adversarial"]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_library_s_own_tqdm_bar_is_off_unless_verbose(verbose):
+    """transformers' GGUF conversion draws its bar with tqdm directly, past transformers' switch."""
+    code = f"""
+from omegaconf import OmegaConf
+from gad.cli import start
+
+def body(cfg):
+    from tqdm.auto import tqdm  # as transformers.modeling_gguf_pytorch_utils does
+    for _ in tqdm(range(3), desc="a library's bar"):
+        pass
+
+start(OmegaConf.create({{"verbose": {verbose}, "paths": {{"output_dir": "."}}}}), "__main__:body",
+      returns_status=False, console=True)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("a library's bar" in proc.stderr) == verbose, proc.stderr[-2000:]

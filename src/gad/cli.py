@@ -54,12 +54,14 @@ def start(
     `kept_on_interrupt`: Ctrl-C is an `error:` line saying what survived, and exit 130."""
     interrupt = exit_on_interrupt(kept_on_interrupt) if kept_on_interrupt else contextlib.nullcontext()
     with exit_on_user_error(), interrupt, interrupt_at_once() if kept_on_interrupt else contextlib.nullcontext():
+        if console:
+            from gad.console import quiet_raw_bars, setup
+
+            quiet_raw_bars(bool(cfg.get("verbose", False)))  # before any library imports tqdm
         if check:
             _function(check)(cfg)
         run = _function(body)
         if console:
-            from gad.console import setup
-
             setup(cfg, run_dir=cfg.paths.output_dir if prints_run_folder else None)
         result = run(cfg)
     if returns_status and result:

@@ -4,8 +4,9 @@
   one rich `Console` (`console()`); errors stay on stderr (`gad.errors`).
 - Piped or redirected (a file, a cluster log), that console is wide, so no table cell is cut.
 - `quiet_libraries()` turns off the progress bars and info chatter of the libraries underneath
-  (datasets, transformers, huggingface_hub, Lightning) unless `verbose=true`; their warnings stay
-  visible, since a warning caused by our own calls is a bug to fix, not to hide.
+  (datasets, transformers, huggingface_hub, Lightning) unless `verbose=true`, and `quiet_raw_bars()`
+  the tqdm bars no library switch reaches; their warnings stay visible, since a warning caused by
+  our own calls is a bug to fix, not to hide.
 
 Nothing here acts on import: the entry scripts call `setup` once the config is composed, so
 importing `gad` from a notebook or a test changes no global state.
@@ -49,6 +50,14 @@ def quiet_libraries(verbose: bool = False) -> None:
     # its warnings still show.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def quiet_raw_bars(verbose: bool = False) -> None:
+    """Also off: the bars a library draws with tqdm directly, past its own switch (transformers' GGUF
+    loading, "Converting and de-quantizing GGUF tensors"). tqdm reads its TQDM_* variables when it is
+    first imported, so this runs before the libraries are (gad.cli.start); child processes inherit it."""
+    if not verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def is_main_process() -> bool:
