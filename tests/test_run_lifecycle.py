@@ -177,3 +177,13 @@ def test_last_shares_the_bytes_of_a_periodic_save_and_survives_its_next_replacem
     AtomicCheckpointIO().save_checkpoint({"step": 2}, last)  # a later save replaces last, not step_1's bytes
     assert torch.load(step, weights_only=True) == {"step": 1}
     assert torch.load(last, weights_only=True) == {"step": 2}
+
+
+def test_resuming_a_finished_run_trains_no_further_step(uninterrupted, tmp_path):
+    """A run stopped (by a signal, or by nothing) just after its last step has a last.ckpt of a finished run:
+    resuming it must end at once with the same weights, not train a step past the end."""
+    final = uninterrupted / "checkpoints" / "last.ckpt"
+    assert saved_step(uninterrupted) == STEPS
+    resumed = train(tmp_path / "resumed", *LONG, f"ckpt_path={final}")
+    assert saved_step(resumed) == STEPS
+    assert_same_weights(weights(uninterrupted), weights(resumed))

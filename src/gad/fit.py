@@ -45,19 +45,24 @@ def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
 class StopAtStep(L.Callback):
     """`trainer.max_steps`, in method steps: stop once the run has completed `max_steps` of them
     (counted from the run's start, so a resumed run stops at the same step). Lightning's own
-    max_steps counts optimizer steps, two per GAD step."""
+    max_steps counts optimizer steps, two per GAD step. (None: only the method's own end.)
 
-    def __init__(self, max_steps: int):
+    A run resumed from a checkpoint of its last step stops before training: the method stops the
+    trainer at the end of its last step (`DistillModule.end_step`), but a resume starts a new fit
+    loop that would otherwise run one more step (`step 13/12`)."""
+
+    def __init__(self, max_steps: int | None):
         self.max_steps = max_steps
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.completed_steps >= self.max_steps:
+        end = pl_module.total_steps if self.max_steps is None else min(self.max_steps, pl_module.total_steps)
+        if pl_module.completed_steps >= end:
             trainer.should_stop = True
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        if pl_module.completed_steps >= self.max_steps:
+        if self.max_steps is not None and pl_module.completed_steps >= self.max_steps:
             trainer.should_stop = True  # before StepCheckpoint runs, so it writes last.ckpt
 
 
@@ -120,8 +125,7 @@ def train(cfg: DictConfig) -> float | None:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks.insert(0, ResumeData(datamodule))
     max_steps = cfg.trainer.get("max_steps") or -1
-    if max_steps > 0:
-        callbacks.insert(0, StopAtStep(max_steps))
+    callbacks.insert(0, StopAtStep(max_steps if max_steps > 0 else None))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, max_steps=-1, plugins=[AtomicCheckpointIO()]
     )

@@ -84,6 +84,11 @@ class StepCheckpoint(L.Callback):
         trainer.save_checkpoint(self.last_path)
         self.saved_step = pl_module.completed_steps
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A run that trained no step (resumed from a checkpoint of its last one) still leaves its own last.ckpt."""
+        if self.save_last and self.saved_step != pl_module.completed_steps:
+            self.save_last_checkpoint(trainer, pl_module)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Save the last completed step, if it can be done safely, before the run ends."""
         step = pl_module.completed_steps
