@@ -21,6 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gad.errors import GADError
+from gad.trust import check_archive
 
 TEMP_SUFFIX = ".tmp"
 # GAD's frozen KL reference is the generator at the end of warm-up: saved once, beside the checkpoints,
@@ -172,16 +173,21 @@ def restore_reference(checkpoint: dict[str, Any], path: str | os.PathLike) -> di
     where = checkpoint.pop(REFERENCE_ENTRY, None)
     if where is None:
         return checkpoint
-    state = checkpoint["state_dict"]
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise GADError(f"{path}: not a checkpoint of this project (no state_dict)")
     if where == "generator":  # in warm-up the reference is unused: start_adversarial_phase overwrites it
         state.update(
             {
                 REFERENCE_PREFIX + k.removeprefix("generator."): v
                 for k, v in list(state.items())
-                if k.startswith("generator.")
+                if isinstance(k, str) and k.startswith("generator.")
             }
         )
         return checkpoint
+    # A file name beside the checkpoint, never a path: the checkpoint may come from someone else.
+    if not isinstance(where, str) or where != Path(where).name or where in ("", ".", ".."):
+        raise GADError(f"{path}: refused: its {REFERENCE_ENTRY} entry {where!r} is not a file name beside it")
     folder = Path(path).parent
     # beside the checkpoint; or, for a save outside checkpoints/ (Lightning's SLURM requeue save), in it
     file = next((f for f in (folder / where, folder / "checkpoints" / where) if f.is_file()), folder / where)
@@ -190,7 +196,21 @@ def restore_reference(checkpoint: dict[str, Any], path: str | os.PathLike) -> di
             f"{path}: its KL reference {file} is missing (written once, beside the checkpoints, "
             "when warm-up ended; copy it along with the checkpoint)"
         )
-    state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+    if not file.resolve().is_relative_to(folder.resolve()):
+        raise GADError(f"{path}: refused: its KL reference {file} is a link to a file outside {folder}")
+    check_archive(file)
+    try:
+        reference = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # weights_only: an unpickling error names what the file asked for
+        raise GADError(
+            f"{file}: not a readable KL reference ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    if not isinstance(reference, dict) or not all(
+        isinstance(k, str) and k.startswith(REFERENCE_PREFIX) and isinstance(v, torch.Tensor)
+        for k, v in reference.items()
+    ):
+        raise GADError(f"{file}: not a KL reference (expected {REFERENCE_PREFIX}* tensors)")
+    state.update(reference)
     return checkpoint
 
 

@@ -15,11 +15,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from gad.checkpoint_io import AtomicCheckpointIO
+from gad.checkpoint_io import AtomicCheckpointIO, restore_reference
 from gad.data.datamodule import DistillDataModule
 from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
-from gad.trust import check_checkpoint, check_sharded_checkpoint
+from gad.trust import check_checkpoint, check_contents, check_sharded_checkpoint, load_checkpoint
 
 # Expected here, and noise to a user: the frozen reference is in eval mode on purpose, and Lightning
 # notes where it loads without weights_only set (every load of ours sets weights_only=True: gad.trust).
@@ -103,6 +103,41 @@ def stop_on_interrupt(trainer: L.Trainer) -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def check_resumable(path: str, module: L.LightningModule) -> None:
+    """One line, before Lightning restores anything, for a checkpoint whose weights do not fit the run's
+    model or whose counters are not counts (gad.trust.check_contents); read memory-mapped, so checking
+    costs no second copy of the weights."""
+    state = restore_reference(load_checkpoint(path, mmap=True), path)
+    check_contents(state, path, module.state_dict())
+
+
+class TrainingStarted(L.Callback):
+    """Whether Lightning has finished restoring a checkpoint and started training."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+
+
+@contextlib.contextmanager
+def restore_errors(ckpt_path: str | None, started: TrainingStarted) -> Iterator[None]:
+    """An error while Lightning restores `ckpt_path` (a malformed loop, optimizer or scheduler state in a
+    received file) is one line naming the file; errors once training has started pass through."""
+    try:
+        yield
+    except GADError:
+        raise
+    except Exception as err:
+        if not ckpt_path or started.started:
+            raise
+        text = str(err).strip().splitlines()
+        raise GADError(
+            f"ckpt_path: cannot resume from {ckpt_path}: {type(err).__name__}: {text[0] if text else ''}"
+        ) from None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and return the final `optimized_metric` (default val/nll: needs no API, so sweepers can use it).
     `cfg` has passed `gad.config.validate.validate` (src/train.py checks it before importing this module)."""
@@ -120,6 +155,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # a malformed dump fails here, before any weights are loaded
     module = build_module(cfg, tokenizer)
+    if cfg.get("ckpt_path") and os.path.isfile(cfg.ckpt_path):
+        check_resumable(cfg.ckpt_path, module)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -138,8 +175,10 @@ def train(cfg: DictConfig) -> float | None:
             f"ckpt_path: '{cfg.ckpt_path}' is a sharded (FSDP) checkpoint; resume it with trainer=fsdp, "
             f"or make it one file first: python -m gad.checkpoint_io consolidate {cfg.ckpt_path}"
         )
+    started = TrainingStarted()
+    trainer.callbacks.append(started)
     try:
-        with stop_on_interrupt(trainer) as interrupted:
+        with stop_on_interrupt(trainer) as interrupted, restore_errors(cfg.get("ckpt_path"), started):
             # weights_only=True: a resumed checkpoint may come from someone else and must not run code (gad.trust).
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             results = trainer.validate(module, datamodule=datamodule, verbose=False)

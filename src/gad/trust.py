@@ -16,7 +16,10 @@ The targets themselves only build models, optimizers and data modules from plain
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,32 @@ def _allow_safe_globals() -> None:
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
+def check_archive(path: str | Path) -> None:
+    """Refuse (one line) anything but a regular file holding torch.save's zip archive, before a byte of
+    it is unpickled: a FIFO or device would block the reader forever, and an archive whose members are
+    compressed can inflate to any size in memory (torch.save stores every member uncompressed)."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise GADError(f"{path}: cannot read it ({err.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise GADError(f"{path}: refused: not a regular file (a checkpoint is one file written by torch.save)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise GADError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save: {err})") from None
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise GADError(
+                f"{path}: refused: its member {member.filename} is compressed (torch.save stores members "
+                "uncompressed; a compressed one can inflate without bound)"
+            )
+    claimed = sum(member.file_size for member in members)
+    if claimed > info.st_size:
+        raise GADError(f"{path}: refused: its members claim {claimed} bytes in a {info.st_size}-byte file")
+
+
 def check_checkpoint(path: str | Path) -> None:
     """Refuse (GADError, one line) a checkpoint file whose pickle names anything beyond plain data.
 
@@ -64,6 +93,7 @@ def check_checkpoint(path: str | Path) -> None:
     what guarantees nothing runs."""
     from torch.serialization import get_safe_globals, get_unsafe_globals_in_checkpoint
 
+    check_archive(path)
     _allow_safe_globals()
     try:
         needed = get_unsafe_globals_in_checkpoint(path)
@@ -89,9 +119,45 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         raise GADError(f"{path}: refused: {str(err).splitlines()[0]} ({ADVICE})") from None
     except (RuntimeError, OSError, EOFError) as err:
         raise GADError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise GADError(f"{path}: not a checkpoint of this project (no state_dict)")
     return state
+
+
+def check_contents(state: dict, path: str | Path, expected: dict[str, Any]) -> None:
+    """Refuse (one line) a loaded checkpoint whose weights do not fit the model built from its run's
+    config (`expected`: that model's `state_dict()`), or whose counters are not plain numbers, before
+    `load_state_dict` and `on_load_checkpoint` would fail on it with a traceback."""
+    import torch
+
+    weights = state["state_dict"]
+    odd = next((k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise GADError(f"{path}: state_dict entry {odd!r} is not a tensor")
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        example = f"{missing[0]} missing" if missing else f"{unexpected[0]} unexpected"
+        raise GADError(
+            f"{path}: its weights do not fit this run's model ({len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected, e.g. {example}; a checkpoint of another model?)"
+        )
+    for key, tensor in expected.items():
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            raise GADError(
+                f"{path}: {key} has shape {tuple(weights[key].shape)}, the run's model has {tuple(tensor.shape)} "
+                "(a checkpoint of another model?)"
+            )
+        if weights[key].is_floating_point() != tensor.is_floating_point():
+            raise GADError(f"{path}: {key} is {weights[key].dtype}, the run's model has {tensor.dtype}")
+    extra = state.get("distill_state", {})
+    if not isinstance(extra, dict):
+        raise GADError(f"{path}: distill_state is {type(extra).__name__}, expected a mapping of counters")
+    for key, value in extra.items():
+        if isinstance(value, bool) and key != "completed_steps":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise GADError(f"{path}: distill_state.{key} is {value!r}, expected a count (an integer >= 0)")
 
 
 # Sharded checkpoints (TwoNetworkFSDPStrategy with save_distributed_checkpoint=true) are folders whose
@@ -136,6 +202,12 @@ def check_sharded_checkpoint(folder: str | Path) -> None:
     files = sorted(Path(folder).glob("*.metadata"))
     if not files:
         raise GADError(f"{folder}: not a sharded checkpoint (no .metadata file)")
+    root = Path(folder).resolve()
+    for entry in Path(folder).iterdir():  # shards are plain files inside the folder: no FIFO, no link out
+        if not entry.resolve().is_relative_to(root):
+            raise GADError(f"{entry}: refused: a link to {entry.resolve()}, outside the checkpoint folder")
+        if not stat.S_ISREG(os.stat(entry).st_mode):
+            raise GADError(f"{entry}: refused: not a regular file")
     for file in files:
         try:
             with open(file, "rb") as fh:

@@ -32,12 +32,14 @@ class StepCheckpoint(L.Callback):
         self.saved_step: int | None = None  # the step last.ckpt holds (None: not written by this run)
         self.in_step = False  # an optimizer has stepped in a step that has not ended yet
         self.reference_saved = False  # this process wrote reference.pt
+        self.started = False  # training began: a failure before it (restoring a checkpoint) has nothing to save
 
     @property
     def last_path(self) -> Path:
         return self.dirpath / "last.ckpt"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
         for optimizer in trainer.optimizers:  # mark the step as part-done once anything changed
             optimizer.register_step_post_hook(self._optimizer_stepped)
 
@@ -92,7 +94,7 @@ class StepCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Save the last completed step, if it can be done safely, before the run ends."""
         step = pl_module.completed_steps
-        if not self.save_last or user_error(exception) is not None:
+        if not self.save_last or not self.started or user_error(exception) is not None:
             return  # a user error (a failed save among them): nothing to add to it
         if self.in_step:
             kept = f"step {self.saved_step}" if self.saved_step is not None else "what it held"
