@@ -15,9 +15,12 @@ import fcntl
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from gad.errors import GADError
 
 PARTIAL = ".partial-"
 
@@ -31,6 +34,27 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def open_own(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """`os.open(path, flags)` that never follows a symlink at `path` and opens only a regular file.
+
+    For the files a run or a shared cache writes (journals, locks): a link planted there by whoever
+    shared the folder would otherwise send the write (or a truncation) to any file it points at, and a
+    FIFO would block the opener forever (O_NONBLOCK while opening; cleared once it is a regular file)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK):
+            raise GADError(
+                f"{path}: refused: it is a symbolic link (this file is written, so it must be a plain file)"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GADError(f"{path}: refused: not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _partial_prefix(dest: Path) -> str:
@@ -88,9 +112,12 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     The kernel releases it when its process dies, so a killed builder never blocks the next one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -20,6 +20,7 @@ from typing import IO, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from gad.atomic import open_own
 from gad.errors import GADError
 from gad.trust import check_archive
 
@@ -71,10 +72,12 @@ def _replacing(path: Path) -> Iterator[Path]:
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it to `path`."""
     path = Path(path)
-    with _replacing(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    with _replacing(path) as tmp:
+        tmp.unlink(missing_ok=True)  # created afresh: never written through a link left at that name
+        with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:

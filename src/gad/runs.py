@@ -6,12 +6,16 @@ summary.json, checkpoints/{last,step_<k>}.ckpt and, once training ends, student/
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import load_sharded, restore_reference
 from gad.config.renamed import upgrade
+from gad.config.validate import validate_received
 from gad.errors import GADError
 from gad.fit import build_module
 from gad.received_paths import confine
@@ -40,6 +44,7 @@ def run_config(run_dir: str | Path) -> DictConfig:
         raise GADError(f"{path}: not a training run config (not a mapping)")
     check_received_config(cfg, path)
     upgrade(cfg)
+    validate_received(cfg, str(path))  # a value of the wrong type or range: one line, before anything is built
     confine(cfg, path, run_dir)  # files it names stay inside the run or the project; writes go to our cache
     return cfg
 
@@ -75,11 +80,28 @@ def load_module(run_dir: str | Path, ckpt: str | Path | None = None, device: str
     else:
         state = load_checkpoint(ckpt, map_location=device)  # refuses an unsafe file before any weights load
     restore_reference(state, ckpt)  # GAD's KL reference is saved once, beside the checkpoints
-    module = build_module(cfg)
+    with built_from(Path(run_dir) / "config.yaml"):
+        module = build_module(cfg)
     check_contents(state, ckpt, module.state_dict())  # one line for another model's weights or odd counters
-    module.load_state_dict(state["state_dict"])
-    module.on_load_checkpoint(state)
+    with built_from(ckpt):
+        module.load_state_dict(state["state_dict"])
+        module.on_load_checkpoint(state)
     return module.to(device).eval()
+
+
+@contextlib.contextmanager
+def built_from(file: Path) -> Iterator[None]:
+    """Whatever building a run from a received `file` raises is one line naming that file: a value the
+    typed checks do not cover (transformers' own arguments, say) fails inside a library."""
+    try:
+        yield
+    except GADError:
+        raise
+    except Exception as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        if isinstance(cause, GADError):
+            raise GADError(f"{file}: {cause}") from None
+        raise GADError(f"{file}: cannot build the run from it ({type(cause).__name__}: {first_line(cause)})") from None
 
 
 def check_own_file(path: Path, run_dir: str | Path) -> None:

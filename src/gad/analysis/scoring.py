@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 
 from gad.errors import GADError
-from gad.runs import checkpoints, load_module, run_config
+from gad.runs import built_from, checkpoints, load_module, run_config
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
@@ -160,5 +160,6 @@ def load_discriminator(
     discriminator = getattr(module, "discriminator", None)
     if discriminator is None:
         raise GADError(f"{run_dir}: the run's method ({type(module).__name__}) has no discriminator")
-    encoder = instantiate(cfg.data, tokenizer=module.tokenizer, truncation="left")
+    with built_from(Path(run_dir) / "config.yaml"):
+        encoder = instantiate(cfg.data, tokenizer=module.tokenizer, truncation="left")
     return DiscriminatorScorer(discriminator, encoder, step=int(module.completed_steps), checkpoint=path, device=device)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gad.atomic import open_own
 from gad.errors import GADError
 
 
@@ -87,7 +88,7 @@ class Journal:
             raise GADError(f"{self.path}: is a folder, expected a .jsonl file")
         created = not self.path.exists()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)  # never through a planted link
         except OSError as err:
             raise GADError(f"{self.path}: cannot open for writing ({err.strerror})") from None
         try:
@@ -247,7 +248,8 @@ class Journal:
                 last[k] = record
         kept = [r for r in last.values() if keep(r)]
         tmp = self.path.with_name(f".{self.path.name}.compact-{os.getpid()}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        tmp.unlink(missing_ok=True)  # a leftover (or a planted link): the new file is created, never reused
+        fd = open_own(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             payload = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in kept)

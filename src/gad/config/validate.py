@@ -47,9 +47,12 @@ def typed_roots(cfg: DictConfig) -> set[str]:
     return {"data"} | ({"method"} if method is not None and str(method.get("_target_")) in METHODS else set())
 
 
-def check_known_keys(cfg: DictConfig) -> None:
+def check_known_keys(cfg: DictConfig, roots: tuple[str, ...] | None = None) -> None:
+    """Every `_target_` node (under `roots`, if given) holds only arguments its target accepts."""
     for path, node in _targets(cfg, ""):
         if path.startswith("hydra") or path.split(".")[0] in typed_roots(cfg):
+            continue
+        if roots is not None and path.split(".")[0] not in roots:
             continue
         target = node._get_node("_target_")._value()
         try:
@@ -133,3 +136,16 @@ def validate(cfg: DictConfig) -> None:
     check_across(cfg)
     check_composition(cfg)
     check_known_keys(cfg)
+
+
+def validate_received(cfg: DictConfig, file: str) -> None:
+    """A saved run config read back (gad.runs.run_config), checked as a training config is before
+    anything in it is built: its typed concerns, and the arguments of the targets that loading a run
+    calls (only those: gad.trust has already refused any target that is not the project's own)."""
+    from gad.trust import RECEIVED_SECTIONS
+
+    try:
+        check_concerns(cfg)
+        check_known_keys(cfg, roots=RECEIVED_SECTIONS)
+    except GADError as err:
+        raise GADError(f"{file}: {err}") from None

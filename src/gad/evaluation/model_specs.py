@@ -144,10 +144,12 @@ def load_tokenizer_for(spec: ModelSpec):
     from hydra.utils import instantiate
 
     from gad.models import load_tokenizer
-    from gad.runs import run_config
+    from gad.runs import built_from, run_config
 
     if spec.run_dir is not None:
-        return instantiate(run_config(spec.run_dir).model.tokenizer)
+        cfg = run_config(spec.run_dir)
+        with built_from(Path(spec.run_dir) / "config.yaml"):
+            return instantiate(cfg.model.tokenizer)
     return load_tokenizer(spec.path)
 
 
@@ -159,7 +161,7 @@ def load_model_for(
     from hydra.utils import instantiate
 
     from gad.models import load_student
-    from gad.runs import load_module, run_config
+    from gad.runs import built_from, load_module, run_config
 
     device = resolve_device(device)
     if spec.kind in (RUN, CKPT):
@@ -167,7 +169,7 @@ def load_model_for(
         return module.generator.eval(), list(module.eos_ids)
     if spec.kind == INIT:
         cfg = run_config(spec.run_dir)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), built_from(Path(spec.run_dir) / "config.yaml"):
             torch.manual_seed(int(cfg.seed))  # as src/train.py: seed, then build the student
             model = instantiate(cfg.model.student)
     else:
