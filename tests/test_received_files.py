@@ -223,11 +223,35 @@ def replace_checkpoint(folder: Path, kind: str) -> Path:
     return ckpt
 
 
-@pytest.mark.parametrize("kind", ["fifo", "truncated", "not_a_zip", "empty_file", "inflating"])
-def test_a_malformed_checkpoint_file_is_one_line(run, tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ("fifo", "not a regular file"),
+        ("truncated", "not a readable checkpoint"),
+        ("not_a_zip", "not a readable checkpoint"),
+        ("empty_file", "not a readable checkpoint"),
+        ("inflating", "is compressed"),  # refused before a byte is inflated (it was refused after, memory spent)
+    ],
+)
+def test_a_malformed_checkpoint_file_is_one_line(run, tmp_path, kind, fragment):
     folder = copy_run(run, tmp_path)
     ckpt = replace_checkpoint(folder, kind)
-    refused(folder, str(ckpt))
+    refused(folder, str(ckpt), fragment)
+
+
+def test_eval_of_a_run_whose_last_checkpoint_is_a_fifo_is_one_line(run, tmp_path):
+    folder = copy_run(run, tmp_path)
+    ckpt = replace_checkpoint(folder, "fifo")
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}/logs",
+        "progress=false",
+        f"models={{x: '{folder}'}}",
+        f"prompt_sets={{id: '{ROOT / 'data/toy/test_id.jsonl'}'}}",
+        "limit=2",
+        timeout=90,
+    )
+    assert_one_line_error(proc, str(ckpt), "not a regular file")
 
 
 @pytest.mark.parametrize(
