@@ -9,7 +9,7 @@ two-teacher batch has twice the rows). A batch (`collate`) is row-aligned as bef
   response_prompt  long [R]       which of the batch's prompts (0..B-1) each row answers
   prompt_rows      long [B]       the first row of each prompt: prompt_ids[prompt_rows] are the B distinct prompts
 With one teacher R == B, response_prompt == prompt_rows == arange(B), and the batches are the ones earlier
-versions made. How methods pair several teachers' responses: `gad.teachers` (docs/default_run.md).
+versions made. How methods pair several teachers' responses: `gad.teachers` (docs/several_teachers.md).
 
 Training is counted in steps, not epochs: the train loader is an endless stream of
 batches indexed by step, so a run resumed at step k continues with exactly the batch an
