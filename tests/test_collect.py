@@ -179,13 +179,20 @@ def test_collected_dump_is_a_valid_training_dump_with_usage_and_system_prompt(tm
         )
         sent = server.requests[0]
         capsys.readouterr()
-        assert run_collect(server, prompts, out, "teacher.model=another-teacher") == 0  # same output, other teacher
-        assert len(server.requests) == 10  # nothing re-sent...
-        assert "already holds answers from another teacher (gpt-5-chat-latest: 10)" in " ".join(
+        # same output, another teacher: its answers join the first's (one record per (prompt, teacher))
+        assert run_collect(server, prompts, out, "teacher.model=another-teacher") == 0
+        assert len(server.requests) == 20
+        assert "also holds answers from other teachers (gpt-5-chat-latest: 10)" in " ".join(
             capsys.readouterr().out.split()
         )
+        assert run_collect(server, prompts, out, "teacher.model=another-teacher") == 0  # done: nothing re-sent
+        assert len(server.requests) == 20
     records, report = read_records(out)
-    assert report.kept == 10 and all(r["messages"][0]["role"] == "user" for r in records)  # the prompt as given...
+    assert report.kept == 20 and all(r["messages"][0]["role"] == "user" for r in records)  # the prompt as given...
+    assert sorted((r["id"], r["teacher"]) for r in records) == sorted(
+        (f"p-{i}", t) for i in range(10) for t in ("gpt-5-chat-latest", "another-teacher")
+    )
+    records = [r for r in records if r["teacher"] == "gpt-5-chat-latest"]
     assert all(r["meta"]["system_prompt"] == "Be brief." for r in records)  # ...and the system prompt sent (gad.chat)
     assert all(r["meta"]["usage"]["completion_tokens"] > 0 for r in records)
     assert sent.authorization == f"Bearer {SENTINEL}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, assert_one_line_error, run_entry
 
 from gad.data import DistillDataModule, StepBatchSampler, read_records
@@ -160,3 +162,78 @@ def test_a_malformed_dump_stops_train_py_with_one_line(tmp_path):
     path = write(tmp_path / "bad.jsonl", GOOD, "{oops")
     proc = run_entry("train.py", f"data.path={path}", f"paths.log_dir={tmp_path}", "data.cache_dir=null")
     assert_one_line_error(proc, f"{path} row 2", "invalid JSON")
+
+
+# ----------------------------------------------------------------------------- several teachers
+def two_teacher_rows(n):
+    """n prompts, each answered by teachers 'a' and 'b' (b's records come after all of a's, as a collect
+    run may write them)."""
+    a = [rec(i, prompt=f"Add: {i} 1", response=str(i + 1), teacher="a") for i in range(n)]
+    b = [rec(i, prompt=f"Add: {i} 1", response=f"= {i + 1}", teacher="b") for i in range(n)]
+    return a + b
+
+
+@pytest.mark.parametrize(
+    "second, fragment",
+    [
+        (rec(1, teacher="a"), "duplicate id 'r1' for teacher 'a'"),
+        (rec(1, prompt="other", teacher="b"), "id 'r1' repeats with another prompt"),
+        (rec(1), "duplicate id 'r1'"),
+    ],
+)
+def test_a_prompt_may_have_one_record_per_teacher_and_no_more(tmp_path, second, fragment):
+    ok = write(tmp_path / "ok.jsonl", rec(1, teacher="a"), rec(1, teacher="b"))
+    assert [(r["id"], r["teacher"]) for r in read_records(ok)[0]] == [("r1", "a"), ("r1", "b")]
+    bad = write(tmp_path / "bad.jsonl", rec(1, teacher="a"), second)
+    with pytest.raises(GADError) as err:
+        read_records(bad)
+    assert f"{bad} row 2: {fragment}" in str(err.value)
+
+
+def test_each_step_yields_every_teachers_response_of_its_prompts(tmp_path):
+    dm = datamodule(write(tmp_path / "d.jsonl", *two_teacher_rows(10)), val_size=2, batch_size=3)
+    assert dm.stats["train"] == 16 and dm.stats["train prompts"] == 8 and dm.stats["teachers"] == "a 10, b 10"
+    stream = iter(dm.train_dataloader())
+    seen = set()
+    for _ in range(3):
+        batch = next(stream)
+        assert len(batch["ids"]) == 6 and batch["teachers"] == ["a", "b"] * 3  # 3 prompts, both teachers each
+        assert batch["ids"][0::2] == batch["ids"][1::2]
+        assert batch["response_prompt"].tolist() == [0, 0, 1, 1, 2, 2] and batch["prompt_rows"].tolist() == [0, 2, 4]
+        assert torch.equal(batch["prompt_ids"][0::2], batch["prompt_ids"][1::2])  # one prompt, two responses
+        assert not torch.equal(batch["response_ids"][0::2], batch["response_ids"][1::2])
+        seen.update(batch["ids"])
+    assert len(seen) == 8  # the first pass covers the 8 training prompts
+    assert not seen & set(dm.val_set["id"])  # a prompt's responses are all on one side of the split
+
+
+def test_one_teacher_batches_are_unchanged(tmp_path):
+    dm = datamodule(write(tmp_path / "d.jsonl", *(rec(i) for i in range(9))), val_size=1, batch_size=3)
+    assert dm.train_groups is None and "teachers" not in dm.stats
+    batch = next(iter(dm.train_dataloader()))
+    rows = StepBatchSampler(8, 3, seed=0).batch_at(0)
+    assert batch["ids"] == [dm.train_set[i]["id"] for i in rows] and batch["teachers"] == ["teacher"] * 3
+    assert batch["response_prompt"].tolist() == batch["prompt_rows"].tolist() == [0, 1, 2]
+
+
+def test_per_teacher_means_and_shared_pairs():
+    from gad import losses
+    from gad.teachers import per_teacher_means, prompt_view, shared_pairs
+
+    scores = torch.tensor([1.0, 4.0, 3.0, 2.0, 6.0])
+    means = per_teacher_means(scores, ["a", "b", "a", "b", "c"])
+    assert list(means) == ["a", "b", "c"]
+    assert [round(v.item(), 6) for v in means.values()] == [2.0, 3.0, 6.0]
+    with pytest.raises(ValueError, match="5 score rows but 2"):
+        per_teacher_means(scores, ["a", "b"])
+    # 2 prompts x 2 samples; prompt 0 has teachers a and b, prompt 1 only a
+    student = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    teacher = torch.tensor([1.0, 2.0, 2.5])
+    lined = shared_pairs(student, torch.tensor([0, 0, 1]))
+    assert lined.tolist() == [[0.0, 1.0], [0.0, 1.0], [2.0, 3.0]]
+    pairs = [(1.0, 0.0), (1.0, 1.0), (2.0, 0.0), (2.0, 1.0), (2.5, 2.0), (2.5, 3.0)]  # every (teacher, sample)
+    by_hand = sum(math.log1p(math.exp(-(t - s))) for t, s in pairs) / 6
+    assert abs(losses.bradley_terry_loss(teacher, lined).item() - by_hand) < 1e-6
+    batch = {"ids": ["p", "p", "q"], "prompt_ids": torch.tensor([[1], [1], [2]]), "prompt_rows": torch.tensor([0, 2])}
+    batch["prompt_mask"] = torch.ones_like(batch["prompt_ids"])
+    assert prompt_view(batch)["ids"] == ["p", "q"] and prompt_view(batch)["prompt_ids"].tolist() == [[1], [2]]

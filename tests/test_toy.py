@@ -9,21 +9,24 @@ import pytest
 
 from gad.data.records import read_records
 from gad.errors import GADError
-from gad.toy.build import SPLIT_FILES, TOKENIZER_DIR, main
+from gad.toy.build import SPLIT_FILES, TOKENIZER_DIR, TWO_TEACHERS_DIR, main
 from gad.toy.check import accuracy, check
 from gad.toy.tasks import (
     ID_RANGES,
     OOD_RANGES,
+    SECOND_TEACHER,
     TASKS,
     TEACHER,
     Rng,
     format_prompt,
     in_ranges,
+    in_style,
     solve,
 )
 from gad.toy.tokenizer import IM_END_ID, IM_START_ID, PAD_ID, VOCAB_SIZE, build_tokenizer
 
-TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "data" / "toy"
 SIZES = {"train.jsonl": 4000, "test_id.jsonl": 200, "test_ood.jsonl": 200}
 
 
@@ -240,3 +243,30 @@ def test_tokenizer_save_reload_round_trip(tok, tmp_path):
         batch = again(["ab", "abcd"], padding=True)
         assert batch["input_ids"][0][:2] == [PAD_ID, PAD_ID] and batch["attention_mask"][0] == [0, 0, 1, 1]
         assert again.decode([IM_START_ID, *b"x", IM_END_ID], skip_special_tokens=True) == "x"
+
+
+# --- two teachers -------------------------------------------------------------------------
+
+
+def test_second_teacher_writes_another_style_that_the_checker_accepts():
+    meta = {"task": "reverse", "args": {"items": [3, 7, 1]}, "answer": "1 7 3"}
+    assert in_style("1 7 3", SECOND_TEACHER) == "Answer: 1 7 3" and in_style("1 7 3", TEACHER) == "1 7 3"
+    assert check(meta, "Answer: 1 7 3") and check(meta, " Answer: 1 7 3\n") and check(meta, "1 7 3")
+    for wrong in ("Answer: 1 3 7", "Answer:1 7 3", "answer: 1 7 3", "Answer: 1 7 3.", "Answer: Answer: 1 7 3"):
+        assert not check(meta, wrong), wrong
+    with pytest.raises(GADError, match="unknown toy teacher"):
+        in_style("1", "nobody")
+
+
+def test_two_teacher_dump_is_regenerated_byte_for_byte_and_pairs_every_train_prompt(tmp_path, splits):
+    main(["--two-teachers", "--out", str(tmp_path)])
+    shipped = ROOT / "data" / TWO_TEACHERS_DIR / "train.jsonl"
+    assert (tmp_path / "train.jsonl").read_bytes() == shipped.read_bytes(), "run python -m gad.toy --two-teachers"
+    records, _ = read_records(shipped)
+    train = {r["id"]: r for r in splits["train.jsonl"]}
+    assert len(records) == 2 * len(train) == 8000
+    for r in records:
+        prompt = train[r["id"]]
+        assert r["messages"] == prompt["messages"] and check(prompt["meta"], r["response"])
+        assert r["response"] == in_style(prompt["response"], r["teacher"])
+    assert {r["teacher"] for r in records} == {TEACHER, SECOND_TEACHER}

@@ -15,6 +15,9 @@ Guarantees
     much went. An invalid line anywhere else is corruption and raises `GADError` with its line.
   * `keys` holds every id present, so a resumed run skips them; a key seen twice (never written
     twice by this class) is counted in `duplicates` and the first occurrence wins.
+  * The key is one field (`key="id"`: a non-empty string) or several (`key=("id", "teacher")`: a
+    tuple; the first field a non-empty string, the others strings or absent, read as None), so
+    one file can hold one record per (prompt, teacher) pair.
   * An exclusive `flock` on the file refuses a second writer ("already in use"); the kernel
     drops it when the process dies, so a killed run never leaves a stale lock.
   * A write that fails (a full disk: ENOSPC, a quota, EIO) raises `GADError` naming the file;
@@ -38,6 +41,29 @@ from typing import Any
 from gad.atomic import open_own
 from gad.errors import GADError
 
+Key = str | tuple[str, ...]
+
+
+def record_key(record: Any, key: Key) -> Any:
+    """The journal key of `record` (a string, or a tuple for a several-field `key`), or None if it has none.
+
+    A several-field key needs its first field to be a non-empty string; the other fields are strings or
+    absent (None), so records written before a field joined the key still load.
+    """
+    if not isinstance(record, dict):
+        return None
+    if isinstance(key, str):
+        k = record.get(key)
+        return k if isinstance(k, str) and k else None
+    first, *rest = key
+    head = record.get(first)
+    if not isinstance(head, str) or not head:
+        return None
+    tail = tuple(record.get(f) for f in rest)
+    if any(v is not None and not isinstance(v, str) for v in tail):
+        return None
+    return (head, *tail)
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -59,7 +85,7 @@ class Journal:
         self,
         path: str | os.PathLike,
         *,
-        key: str = "id",
+        key: Key = "id",
         fsync_interval_s: float = 1.0,
         index_fields: tuple[str, ...] = (),
     ) -> None:
@@ -67,8 +93,8 @@ class Journal:
         self.key = key
         self.fsync_interval_s = float(fsync_interval_s)
         self.index_fields = tuple(index_fields)
-        self.keys: set[str] = set()
-        self.index: dict[str, dict[str, Any]] = {}  # key -> the index_fields of its last record
+        self.keys: set[Any] = set()  # strings, or tuples for a several-field key
+        self.index: dict[Any, dict[str, Any]] = {}  # key -> the index_fields of its last record
         self.duplicates = 0
         self.repaired_bytes = 0
         self.appended = 0
@@ -126,8 +152,8 @@ class Journal:
                 if raw.strip():
                     try:
                         record = json.loads(raw)
-                        if not isinstance(record, dict) or not isinstance(record.get(self.key), str):
-                            raise ValueError(f"not an object with a string '{self.key}'")
+                        if record_key(record, self.key) is None:
+                            raise ValueError(f"not an object with a string {self._key_name}")
                     except (ValueError, UnicodeDecodeError) as err:
                         bad = (number, str(err)[:80])
                         continue
@@ -138,8 +164,12 @@ class Journal:
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
 
+    @property
+    def _key_name(self) -> str:
+        return f"'{self.key}'" if isinstance(self.key, str) else "/".join(f"'{f}'" for f in self.key)
+
     def _note(self, record: dict[str, Any]) -> None:
-        k = record[self.key]
+        k = record_key(record, self.key)
         if k in self.keys:
             self.duplicates += 1
         else:
@@ -185,9 +215,8 @@ class Journal:
         """Write one record as one line, at once; `GADError` if it has no string key."""
         if self._fd is None:
             raise RuntimeError("Journal.append on a closed journal (use `with Journal(...)` or .open())")
-        k = record.get(self.key)
-        if not isinstance(k, str) or not k:
-            raise GADError(f"{self.path}: record without a string '{self.key}'")
+        if record_key(record, self.key) is None:
+            raise GADError(f"{self.path}: record without a string {self._key_name}")
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         view = memoryview(line)
         try:
@@ -240,10 +269,10 @@ class Journal:
         """
         if self._fd is None:
             raise RuntimeError("Journal.compact on a closed journal")
-        last: dict[str, dict[str, Any]] = {}
+        last: dict[Any, dict[str, Any]] = {}
         for record in self.records():
-            k = record.get(self.key)
-            if isinstance(k, str):
+            k = record_key(record, self.key)
+            if k is not None:
                 last.pop(k, None)  # re-insert so the order follows the latest write
                 last[k] = record
         kept = [r for r in last.values() if keep(r)]

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gad.api.journal import Journal
+from gad.api.journal import Journal, Key, record_key
 from gad.errors import GADError
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
@@ -95,13 +95,14 @@ def pending_items(
     failures: Journal | None = None,
     *,
     retry_rejected: bool = False,
-    key: str = "id",
+    key: Key = "id",
 ) -> list[dict[str, Any]]:
     """The items a (re-)run still has to send: not in `output`, and not rejected in `failures`
-    (unless `retry_rejected`). `failures` must index the field "status"."""
+    (unless `retry_rejected`). `failures` must index the field "status". `key`: the journals' key
+    (a field, or several: `gad.api.journal.record_key`)."""
     out = []
     for item in items:
-        k = item[key]
+        k = record_key(item, key)
         if k in output.keys:
             continue
         if failures is not None and not retry_rejected:
@@ -179,7 +180,7 @@ async def run_journaled(
     abort_after_failures: int = 0,
     progress: bool = True,
     description: str = "requests",
-    key: str = "id",
+    key: Key = "id",
 ) -> RunStats:
     """Run `work` over `items` with at most `concurrency` in flight, journaling each outcome."""
     if concurrency < 1:
@@ -194,7 +195,7 @@ async def run_journaled(
 
     def record(item: dict[str, Any], outcome: Outcome) -> None:
         nonlocal in_a_row
-        if outcome.record.get(key) != item[key]:
+        if record_key(outcome.record, key) != record_key(item, key):
             raise ValueError(f"Outcome.record must carry the item's {key!r}")
         if outcome.status == OK:
             output.append(outcome.record)

@@ -1,5 +1,16 @@
 """Replays a teacher dump: (chat prompt, teacher response) pairs, tokenised for the student.
 
+Several teachers: a dump may hold several responses per prompt (one record per (id, teacher)). The data
+module keeps one row per response, a prompt's rows side by side, and samples PROMPTS: each step's batch
+holds `batch_size` prompts with every one of their responses (`data.batch_size` counts prompts, so a
+two-teacher batch has twice the rows). A batch (`collate`) is row-aligned as before, one row per
+(prompt, response): prompt_ids/prompt_mask [R, P], response_ids/response_mask [R, T], ids [R], plus
+  teachers         list[str] [R]  the teacher of each row (`teacher` field; "teacher" when the dump has none)
+  response_prompt  long [R]       which of the batch's prompts (0..B-1) each row answers
+  prompt_rows      long [B]       the first row of each prompt: prompt_ids[prompt_rows] are the B distinct prompts
+With one teacher R == B, response_prompt == prompt_rows == arange(B), and the batches are the ones earlier
+versions made. How methods pair several teachers' responses: `gad.teachers` (docs/several_teachers.md).
+
 Training is counted in steps, not epochs: the train loader is an endless stream of
 batches indexed by step, so a run resumed at step k continues with exactly the batch an
 uninterrupted run would have seen. Where the stream starts is handed in with `start_at`
@@ -29,7 +40,8 @@ from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows carry their teacher, a prompt's rows side by side
+UNNAMED_TEACHER = "teacher"  # the teacher label of a record without a `teacher` field
 
 
 def load_cache(cached: Path) -> tuple[datasets.DatasetDict, dict[str, Any]] | None:
@@ -64,9 +76,19 @@ class StepBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, num_rows: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        num_rows: int,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        groups: list[list[int]] | None = None,
     ):
+        """`groups`: the dataset rows of each of the `num_rows` prompts (several teachers' responses); a batch
+        then holds `batch_size` prompts and yields all their rows, a prompt's rows together."""
         self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.groups = groups
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
         self._perms: dict[int, list[int]] = {}
 
@@ -79,7 +101,8 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def batch_at(self, step: int) -> list[int]:
         first = (step * self.world_size + self.rank) * self.batch_size
-        return [self._row(p) for p in range(first, first + self.batch_size)]
+        rows = [self._row(p) for p in range(first, first + self.batch_size)]
+        return rows if self.groups is None else [r for g in rows for r in self.groups[g]]
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
@@ -88,14 +111,36 @@ class StepBatchSampler(Sampler[list[int]]):
             step += 1
 
 
+def side_by_side(rows: list[dict]) -> list[dict]:
+    """`rows` with each prompt's rows together, prompts in order of first appearance (a no-op for one
+    response per prompt)."""
+    by_id: dict[str, list[dict]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], []).append(row)
+    return [row for group in by_id.values() for row in group]
+
+
+def prompt_groups(ids: list[str]) -> list[list[int]]:
+    """The row indices of each prompt in rows kept side by side (`side_by_side`)."""
+    groups: list[list[int]] = []
+    for i, rid in enumerate(ids):
+        if i and rid == ids[i - 1]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def validation_split(records: list[dict], val_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out `val_size` records chosen by a seeded hash of their id (stable under row order)."""
+    """Hold out `val_size` prompts chosen by a seeded hash of their id (stable under row order), with all
+    their records (several teachers' responses)."""
     if val_size <= 0:
         return records, []
-    if val_size >= len(records):
-        raise GADError(f"data.val_size={val_size} leaves no training rows ({len(records)} records)")
-    rank = sorted(records, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
-    held = {r["id"] for r in rank[:val_size]}
+    ids = list(dict.fromkeys(r["id"] for r in records))
+    if val_size >= len(ids):
+        raise GADError(f"data.val_size={val_size} leaves no training rows ({len(ids)} prompts)")
+    rank = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    held = set(rank[:val_size])
     return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
 
 
@@ -139,6 +184,7 @@ class DistillDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt  # gad.chat: the same system turn the teacher was sent
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
+        self.train_groups: list[list[int]] | None = None  # rows of each prompt, when some prompt has several
         self.stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------ loading
@@ -157,6 +203,8 @@ class DistillDataModule(L.LightningDataModule):
                 save_cache(splits, self.stats, cached)
             self.stats["cache"] = "miss" if cached is not None else "off"
         self.train_set, self.val_set = splits["train"], splits["validation"]
+        groups = prompt_groups(self.train_set["id"])
+        self.train_groups = groups if len(groups) < len(self.train_set) else None
         if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
             self._print_report()
 
@@ -165,11 +213,15 @@ class DistillDataModule(L.LightningDataModule):
         stats: dict[str, Any] = {"rows": report.rows, "invalid_skipped": sum(report.skipped.values())}
         stats.update({f"invalid: {k}": v for k, v in report.skipped.items()})
         stats.update({f"files skipped: {k}": v for k, v in report.files_skipped.items()})
-        encoded = self._encode(records, stats)
+        encoded = side_by_side(self._encode(records, stats))
         if not encoded:
             raise GADError(f"{self.path}: every prompt is longer than data.max_prompt_tokens={self.max_prompt_tokens}")
         train, val = validation_split(encoded, self.val_size, self.seed)
         stats.update(train=len(train), validation=len(val))
+        teachers = sorted({r["teacher"] for r in encoded})
+        if len({r["id"] for r in encoded}) < len(encoded):  # several responses per prompt: say how many of each
+            stats["train prompts"] = len({r["id"] for r in train})
+            stats["teachers"] = ", ".join(f"{t} {sum(r['teacher'] == t for r in encoded)}" for t in teachers)
         return datasets.DatasetDict(
             train=datasets.Dataset.from_list(train), validation=datasets.Dataset.from_list(val)
         ), stats
@@ -192,7 +244,8 @@ class DistillDataModule(L.LightningDataModule):
             response = response + [self.end_of_turn_id]
             if len(response) > self.max_response_tokens:
                 response, cut_responses = response[: self.max_response_tokens], cut_responses + 1
-            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response})
+            teacher = record.get("teacher") or UNNAMED_TEACHER
+            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response, "teacher": teacher})
         stats.update(prompts_dropped_too_long=dropped, prompts_truncated=cut_prompts, responses_truncated=cut_responses)
         return out
 
@@ -251,19 +304,29 @@ class DistillDataModule(L.LightningDataModule):
             p, r = row["prompt_ids"], row["response_ids"]
             prompt_ids[i, p_len - len(p) :], prompt_mask[i, p_len - len(p) :] = torch.tensor(p), 1
             response_ids[i, : len(r)], response_mask[i, : len(r)] = torch.tensor(r), 1
+        starts = [i for i, row in enumerate(rows) if i == 0 or row["id"] != rows[i - 1]["id"]]
+        which = [0] * len(rows)  # the prompt (0..B-1) each row answers
+        for b, (start, stop) in enumerate(zip(starts, [*starts[1:], len(rows)])):
+            which[start:stop] = [b] * (stop - start)
         return {
             "ids": [r["id"] for r in rows],
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "response_ids": response_ids,
             "response_mask": response_mask,
+            "teachers": [r.get("teacher") or UNNAMED_TEACHER for r in rows],
+            "response_prompt": torch.tensor(which, dtype=torch.long),
+            "prompt_rows": torch.tensor(starts, dtype=torch.long),
         }
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() first"
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, self.start_step, rank, world)
+        prompts = len(self.train_groups) if self.train_groups is not None else len(self.train_set)
+        sampler = StepBatchSampler(
+            prompts, self.batch_size, self.seed, self.start_step, rank, world, groups=self.train_groups
+        )
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

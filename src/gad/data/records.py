@@ -7,6 +7,10 @@ A record is a dict with
   teacher   optional: which model wrote `response`
   meta      optional: anything else (the toy world keeps its task and answer here)
 
+A dump may hold several responses per prompt, one record per (id, teacher) pair (`src/collect.py
+teachers=[a,b]` writes them): the records of one id must carry the same prompt and distinct teachers.
+A dump without `teacher` fields has one record per id, as always.
+
 Dumps are JSONL (plain, or compressed .gz/.bz2/.xz) or Parquet files, folders of them (where
 collect's `.failures` sidecars are skipped and counted, never read), or Hugging Face hub dataset ids. Other
 schemas load through `Columns` (the released GAD set: messages="content",
@@ -249,6 +253,19 @@ def normalise_row(row: Any, columns: Columns, row_no: int, require_response: boo
     return record
 
 
+def _check_pair(record: dict[str, Any], seen: dict[str, tuple[list, set]]) -> None:
+    """A second record of an id is another teacher's response to the same prompt, or an error."""
+    if record["id"] not in seen:
+        return
+    prompt, teachers = seen[record["id"]]
+    teacher = record.get("teacher")
+    if teacher in teachers or None in teachers or teacher is None:
+        who = f" for teacher '{teacher}'" if teacher is not None and teacher in teachers else ""
+        raise RowError(f"duplicate id '{record['id']}'{who}")
+    if record["messages"] != prompt:
+        raise RowError(f"id '{record['id']}' repeats with another prompt (its records differ only by teacher)")
+
+
 def read_records(
     path: str | os.PathLike,
     columns: Columns | None = None,
@@ -265,20 +282,20 @@ def read_records(
     columns = columns or Columns()
     report = LoadReport(source=str(path))
     records: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: dict[str, tuple[list, set]] = {}  # id -> (its prompt, the teachers it has a record of)
     for where, row_no, row in iter_raw_rows(str(path), split, report):
         report.rows += 1
         try:
             record = normalise_row(row, columns, row_no, require_response)
-            if record["id"] in seen:
-                raise RowError(f"duplicate id '{record['id']}'")
+            _check_pair(record, seen)
         except RowError as err:
             if not skip_invalid:
                 hint = " (data.skip_invalid=true skips such rows)"
                 raise GADError(f"{where} row {row_no}: {err}{hint}") from None
             report.skip(str(err).split(" (")[0].split(" '")[0])
             continue
-        seen.add(record["id"])
+        prompt, teachers = seen.setdefault(record["id"], (record["messages"], set()))
+        teachers.add(record.get("teacher"))
         records.append(record)
     if report.rows == 0:
         raise GADError(f"{path}: empty dump (no records)")

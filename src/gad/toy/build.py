@@ -1,10 +1,14 @@
 """Regenerate the shipped toy world (`data/toy/`) deterministically.
 
     python -m gad.toy [--out DIR]
+    python -m gad.toy --two-teachers [--out DIR]
 
 writes train.jsonl (4000), test_id.jsonl (200), test_ood.jsonl (200) and tokenizer/.
-Running it twice gives byte-identical files; the tests compare the shipped files with a
-fresh regeneration.
+With --two-teachers it writes only the two-teacher dump instead (default `data/toy_two_teachers/train.jsonl`,
+conf/data/toy_two_teachers.yaml): each train prompt answered by both rule-based teachers, toy-rules ("68")
+and toy-rules-labelled ("Answer: 68"), 8000 records with the train ids and prompts, without `meta` (training
+does not read it; the test splits keep theirs). Running either twice gives byte-identical files; the tests
+compare the shipped files with a fresh regeneration.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import os
 from pathlib import Path
 
 from gad.data.records import write_jsonl
-from gad.toy.tasks import generate
+from gad.toy.tasks import SECOND_TEACHER, TEACHER, generate, in_style
 
 N_TRAIN = 4000
 N_TEST = 200
 SEEDS = {"test_id": 1001, "test_ood": 2002, "train": 3003}
 SPLIT_FILES = ("train.jsonl", "test_id.jsonl", "test_ood.jsonl")
 TOKENIZER_DIR = "tokenizer"
+TWO_TEACHERS_DIR = "toy_two_teachers"
 
 
 def default_out_dir() -> Path:
@@ -29,6 +34,27 @@ def default_out_dir() -> Path:
     if (root / "pyproject.toml").is_file() and (root / "src" / "gad").is_dir():
         return root / "data" / "toy"
     return Path.cwd() / "data" / "toy"
+
+
+def default_two_teachers_dir() -> Path:
+    """`data/toy_two_teachers` beside `data/toy`."""
+    return default_out_dir().parent / TWO_TEACHERS_DIR
+
+
+def two_teacher_records(train: list[dict]) -> list[dict]:
+    """Every train prompt answered by both rule-based teachers, a prompt's two records side by side."""
+    return [
+        {"id": r["id"], "messages": r["messages"], "response": in_style(r["meta"]["answer"], t), "teacher": t}
+        for r in train
+        for t in (TEACHER, SECOND_TEACHER)
+    ]
+
+
+def build_two_teachers(out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    out = Path(out_dir) if out_dir is not None else default_two_teachers_dir()
+    path = out / "train.jsonl"
+    write_jsonl(two_teacher_records(build_splits()["train"]), path)
+    return {"train": path}
 
 
 def build_splits(n_train: int = N_TRAIN, n_test: int = N_TEST) -> dict[str, list[dict]]:
@@ -61,7 +87,10 @@ def build(out_dir: str | os.PathLike | None = None, *, tokenizer: bool = True) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gad.toy", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="output folder (default: data/toy of the checkout)")
+    parser.add_argument(
+        "--two-teachers", action="store_true", help="write the two-teacher dump instead (default data/toy_two_teachers)"
+    )
     args = parser.parse_args(argv)
-    for name, path in build(args.out).items():
+    for name, path in (build_two_teachers(args.out) if args.two_teachers else build(args.out)).items():
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
         print(f"{name:10s} {path}  ({size:,} bytes)")

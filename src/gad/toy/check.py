@@ -1,15 +1,16 @@
-"""Scoring student responses in the toy world: exact match up to surrounding whitespace."""
+"""Scoring student responses in the toy world: exact match up to surrounding whitespace, in either teacher's
+style: the bare answer ("68", teacher toy-rules) or the labelled one ("Answer: 68", toy-rules-labelled)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gad.errors import GADError
-from gad.toy.tasks import solve
+from gad.toy.tasks import LABEL, solve
 
 
 def check(meta: dict[str, Any], response: str | None) -> bool:
-    """Exact-match correctness of a response, ignoring only surrounding whitespace."""
+    """Exact-match correctness of a response in either teacher's style, ignoring only surrounding whitespace."""
     if not isinstance(response, str) or not isinstance(meta, dict):
         return False
     answer = meta.get("answer")
@@ -17,7 +18,8 @@ def check(meta: dict[str, Any], response: str | None) -> bool:
         if "task" not in meta or "args" not in meta:
             raise GADError("toy check: record meta has neither 'answer' nor 'task' and 'args' (not a toy record?)")
         answer = solve(meta["task"], meta["args"])
-    return response.strip() == str(answer).strip()
+    given, answer = response.strip(), str(answer).strip()
+    return given == answer or given == f"{LABEL}{answer}"
 
 
 def accuracy(records: list[dict[str, Any]], responses: list[str | None]) -> float:

@@ -35,6 +35,19 @@ from gad.errors import GADError
 TASKS = ("add", "reverse", "sort", "max", "count")
 TEACHER = "toy-rules"
 LETTERS = "abcd"
+# A second rule-based teacher: the same correct answers in another style ("Add: 23 45" -> "Answer: 68"), for
+# the two-teacher dump (`python -m gad.toy --two-teachers`); `gad.toy.check` accepts both styles.
+SECOND_TEACHER = "toy-rules-labelled"
+LABEL = "Answer: "
+
+
+def in_style(answer: str, teacher: str) -> str:
+    """`answer` as `teacher` writes it: TEACHER bare, SECOND_TEACHER after "Answer: "."""
+    if teacher == TEACHER:
+        return answer
+    if teacher == SECOND_TEACHER:
+        return f"{LABEL}{answer}"
+    raise GADError(f"unknown toy teacher '{teacher}' (known: {TEACHER}, {SECOND_TEACHER})")
 
 
 @dataclass(frozen=True)

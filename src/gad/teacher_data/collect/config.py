@@ -1,5 +1,6 @@
-"""What `python src/collect.py` is asked to do: the teacher endpoint (`TeacherConfig`, conf/teacher/), the
-refusal policy, and the whole plan (`CollectPlan`: prompts, output, sidecar), checked before any request."""
+"""What `python src/collect.py` is asked to do: the teacher endpoints (`TeacherConfig`, conf/teacher/: one with
+`teacher=<preset>`, several with `teachers=[a,b]`), the refusal policy, and the whole plan (`CollectPlan`:
+prompts, output, sidecar), checked before any request."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ class TeacherConfig(ClientSettings):
     extra_body: dict[str, Any]
     price_in_per_mtok: Optional[float]
     price_out_per_mtok: Optional[float]
+    name: Optional[str] = None  # the dump's `teacher` field for this endpoint (None: the model name)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(bool(self.model.strip()), "model", self.model, "must name the model to ask (e.g. gpt-5-chat-latest)")
         self.model = self.model.strip()
+        self.name = (self.name or "").strip() or None
         self.system_prompt = self.system_prompt or None
         require(self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")
         t, top_p = self.temperature, self.top_p
@@ -57,6 +60,11 @@ class TeacherConfig(ClientSettings):
         for name in ("price_in_per_mtok", "price_out_per_mtok"):
             price = getattr(self, name)
             require(price is None or (finite(price) and price >= 0), name, price, "must be >= 0")
+
+    @property
+    def label(self) -> str:
+        """What the dump's `teacher` field says for this endpoint: `name`, else the model."""
+        return self.name or self.model
 
     @property
     def params(self) -> dict[str, Any]:
@@ -146,6 +154,7 @@ class CollectPlan:
     fsync_interval_s: float
     progress: bool
     teacher: TeacherConfig
+    teachers: list[Any] = dataclasses.field(default_factory=list)  # resolved by plan_from_config
 
     def __post_init__(self) -> None:
         prompts = Path(self.prompts)
@@ -171,10 +180,11 @@ class CollectPlan:
             "must be >= 0",
         )
         self.detector = self.refusal.detector()
+        self.endpoints: list[TeacherConfig] = [self.teacher]  # `teachers=[..]` replaces it (plan_from_config)
 
     @property
     def client(self) -> ClientSettings:
-        """The connection side of the teacher config."""
+        """The connection side of the (first) teacher config."""
         return self.teacher
 
 
@@ -185,17 +195,62 @@ def plan_from_config(cfg: Any) -> CollectPlan:
         raise GADError("teacher config group is missing (teacher=openai or teacher=vllm)")
     # the run folder's keys (paths, hydra: they only resolve inside a Hydra run) are not collect's
     plan = typed(CollectPlan, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ENTRY_ONLY]), "")
+    if plan.teachers:
+        plan.endpoints = [_teacher_entry(entry, i) for i, entry in enumerate(plan.teachers)]
+        plan.teacher = plan.endpoints[0]
+        labels = [t.label for t in plan.endpoints]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise GADError(
+                    f"teachers: two entries write teacher '{label}': give each its own `name` "
+                    "(e.g. teachers=[{preset: vllm, name: qwen-a}, ...])"
+                )
     return _with_policy(plan)
 
 
+def teacher_preset_dir() -> Path:
+    """conf/teacher/ of the checkout (PROJECT_ROOT, set by the entry scripts, else this package's checkout)."""
+    root = os.environ.get("PROJECT_ROOT") or str(Path(__file__).resolve().parents[4])
+    return Path(root) / "conf" / "teacher"
+
+
+def _teacher_entry(entry: Any, i: int) -> TeacherConfig:
+    """One entry of `teachers`: a preset name of conf/teacher/, a path to a YAML file with the same keys,
+    or a mapping {preset: <name or path>, <key>: <value>, ...} overriding some of the preset's keys."""
+    where = f"teachers[{i}]"
+    overrides: dict[str, Any] = {}
+    if isinstance(entry, (dict, DictConfig)):
+        overrides = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+        preset = overrides.pop("preset", None)
+        if not isinstance(preset, str) or not preset:
+            raise GADError(f"{where}.preset: required (a preset of conf/teacher/ or a YAML file)")
+        where_preset = f"{where}.preset"
+    elif isinstance(entry, str) and entry:
+        preset, where_preset = entry, where
+    else:
+        raise GADError(f"{where}={entry} is invalid: must be a preset name, a YAML file or {{preset: ..., key: value}}")
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = teacher_preset_dir() / f"{preset}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in teacher_preset_dir().glob("*.yaml")))
+        raise GADError(f"{where_preset}={preset} is invalid: no such preset (known: {known}) or YAML file")
+    try:
+        node = OmegaConf.merge(OmegaConf.load(path), overrides)
+    except Exception as err:  # a YAML or merge error: one line naming the entry
+        raise GADError(f"{where}: cannot read {path} ({' '.join(str(err).split())[:200]})") from None
+    return typed(TeacherConfig, node, where)
+
+
 def _with_policy(plan: CollectPlan) -> CollectPlan:
-    """`plan` whose teacher sends the system prompt that `system_prompt` sends (gad.chat; training's
+    """`plan` whose teachers send the system prompt that `system_prompt` sends (gad.chat; training's
     data.system_prompt)."""
     policy = plan.system_prompt or NONE
     if policy == NONE:
         return plan  # (teacher.system_prompt, if set, is the explicit text)
-    if plan.teacher.system_prompt:
-        raise GADError(f"teacher.system_prompt and system_prompt={policy} are both set: keep one")
+    for t in plan.endpoints:
+        if t.system_prompt:
+            raise GADError(f"teacher.system_prompt ({t.label}) and system_prompt={policy} are both set: keep one")
     tokenizer = None
     if policy == TEMPLATE_DEFAULT:
         from transformers import AutoTokenizer
@@ -209,5 +264,7 @@ def _with_policy(plan: CollectPlan) -> CollectPlan:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as err:
             raise GADError(f"system_prompt_tokenizer: cannot load '{path}' ({type(err).__name__})") from None
-    plan.teacher = dataclasses.replace(plan.teacher, system_prompt=system_prompt_sent(policy, tokenizer))
+    sent = system_prompt_sent(policy, tokenizer)
+    plan.endpoints = [dataclasses.replace(t, system_prompt=sent) for t in plan.endpoints]
+    plan.teacher = plan.endpoints[0]
     return plan
