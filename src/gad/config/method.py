@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from gad.config.typed import finite, require
+from gad.errors import url_has_credentials
 
 
 @dataclass
@@ -241,6 +242,13 @@ class KDTeacherConfig:
             "base_url",
             self.base_url,
             "set the server's API root (e.g. http://127.0.0.1:8000/v1) for method.teacher.kind=api",
+        )
+        require(  # never echoed: the password would reach the error line (the key comes from api_key_env)
+            not url_has_credentials(self.base_url),
+            "base_url",
+            None,
+            "must not carry credentials (user:password@): put the key in the environment variable "
+            "named by method.teacher.api_key_env",
         )
         require(
             self.top_k is not None,
