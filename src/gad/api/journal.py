@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gad import json_lines
 from gad.errors import GADError
 
 
@@ -124,7 +125,7 @@ class Journal:
                     )
                 if raw.strip():
                     try:
-                        record = json.loads(raw)
+                        record = json_lines.loads(raw)  # a ValueError when nested too deeply
                         if not isinstance(record, dict) or not isinstance(record.get(self.key), str):
                             raise ValueError(f"not an object with a string '{self.key}'")
                     except (ValueError, UnicodeDecodeError) as err:
@@ -224,7 +225,7 @@ class Journal:
             for raw in fh:
                 if raw.endswith(b"\n") and raw.strip():
                     try:
-                        record = json.loads(raw)
+                        record = json_lines.loads(raw)
                     except ValueError:
                         continue
                     if isinstance(record, dict):
