@@ -120,6 +120,7 @@ def test_names_booleans_references_and_harmless_env_vars_pass():
         [
             "teacher.require_api_key=false",
             "+hydra.job.env_set.CUDA_VISIBLE_DEVICES=0",
+            "+hydra.job.env_set.TOKENIZERS_PARALLELISM=1",
             "+teacher.api_key=${oc.env:MY_KEY}",
             "teacher.base_url=http://127.0.0.1:8000/v1",
             "model.pad_token=<pad>",

@@ -128,7 +128,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # (not `require_api_key`: its values are booleans, and a boolean or null is never a secret).
 _SECRET_NAME = re.compile(r"(?:api_?key|password|passwd|secret|(?:access|auth|api|hf)_?token)$", re.IGNORECASE)
 # An environment variable that holds one, set through hydra.job.env_set.<VAR>
-_SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+# (a whole `_`-separated word: OPENAI_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY; not TOKENIZERS_PARALLELISM)
+_SECRET_ENV = re.compile(r"(?:^|_)(?:KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(?:_|$)", re.IGNORECASE)
 # A URL with credentials in it: scheme://user:password@host or scheme://token@host
 _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s@]*@")
 _NOT_A_SECRET = {"", "true", "false", "null", "none", "~"}
