@@ -155,8 +155,8 @@ class _Rejecting(BaseHTTPRequestHandler):
     do_GET = do_POST = _reject
 
 
-@pytest.mark.parametrize("key", [SENTINEL, PLAIN])
-@pytest.mark.parametrize("model", [None, "served"])  # the model list, or the first completions request
+# the model list (model unset), or the first completions request; a key-shaped key, and one only the teacher knows
+@pytest.mark.parametrize("key, model", [(SENTINEL, None), (PLAIN, "served")])
 def test_the_kd_api_teacher_never_shows_a_key_the_server_echoes(monkeypatch, key, model):
     from transformers import AutoTokenizer
 
