@@ -24,7 +24,8 @@ def hostile_folder(tmp_path: Path, where: str) -> tuple[Path, Path]:
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     config = {"model_type": "qwen2", "vocab_size": 300, "hidden_size": 8, "num_hidden_layers": 1}
     config |= {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16}
-    if where == "config.json":
+    if where == "config.json":  # a model type transformers does not know: only the folder's code could load it
+        config["model_type"] = "evilmodel"
         config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     else:
         tok = json.loads((folder / "tokenizer_config.json").read_text())
@@ -77,19 +78,25 @@ def test_every_loader_refuses_a_folder_with_auto_map_naming_the_file(tmp_path, s
     assert not marker.exists()
 
 
-def test_eval_on_a_received_folder_never_asks_and_never_runs_its_code(tmp_path):
-    """src/eval.py models={x: <folder>}, with `y` waiting on stdin: one line, nothing asked, nothing run."""
-    folder, marker = hostile_folder(tmp_path, "tokenizer_config.json")
+def test_an_entry_never_asks_and_never_runs_the_folders_code(tmp_path):
+    """src/prepare.py filters.tokenizer=<received folder>, with `y` waiting on stdin: transformers asked
+    "run the custom code? [y/N]" and ran evil.py. Now one line, nothing asked, nothing run, nothing written.
+    (src/eval.py models={x: <folder>} loads through the same gad.models loaders, tested above; prepare is the
+    entry that reaches them in half a second.)"""
+    folder, marker = hostile_folder(tmp_path, "config.json")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi there"}\n{"prompt": "hello you"}\n')
     proc = run_entry(
-        "eval.py",
-        f"paths.log_dir={tmp_path}/logs",
-        f"models={{x: {folder}}}",
-        f"prompt_sets={{t: {ROOT}/data/toy/test_id.jsonl}}",
-        "limit=1",
+        "prepare.py",
+        "source.kind=local",
+        f"source.path={tmp_path / 'p.jsonl'}",
+        f"out_dir={tmp_path / 'out'}",
+        f"filters.tokenizer={folder}",
+        "filters.max_prompt_tokens=100",
+        f"hydra.run.dir={tmp_path / 'h'}",
         env={"HF_MODULES_CACHE": str(tmp_path / "modules")},
         input="y\n",
         timeout=120,
     )
     assert "[y/N]" not in proc.stdout + proc.stderr
-    assert_one_line_error(proc, str(folder / "tokenizer_config.json"), "auto_map")
-    assert not marker.exists()
+    assert_one_line_error(proc, "filters.tokenizer", str(folder / "config.json"), "auto_map")
+    assert not marker.exists() and not (tmp_path / "out").exists()
