@@ -148,7 +148,8 @@ def secret_problem(key: str, value: object, where: str = "on the command line") 
     key = key.lstrip("+~")
     section, _, leaf = key.rpartition(".")
     saved = "values given " + where + " are saved in the run's .hydra/ files"
-    if value.lstrip().startswith("${") and value.rstrip().endswith("}") and value.count("${") == 1:
+    reference = value.lstrip().startswith("${") and value.rstrip().endswith("}") and value.count("${") == 1
+    if reference and not _KEY_SHAPED.search(value):
         return None  # an interpolation (${oc.env:VAR}): the saved config holds the reference, not the secret
     if section.lower().endswith("env_set"):
         if _SECRET_ENV.search(leaf) or _KEY_SHAPED.search(value):
@@ -203,7 +204,7 @@ def refuse_config_secrets(cfg: object) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for name, value in items:
             key = f"{path}.{name}" if path else str(name)
-            if path.endswith(".overrides") or path == "hydra.overrides":
+            if path == "hydra.overrides":
                 continue  # the override strings themselves: refuse_secrets has read them
             problem = secret_problem(key, value, "in a config")
             if problem:
