@@ -100,3 +100,20 @@ def test_an_entry_never_asks_and_never_runs_the_folders_code(tmp_path):
     assert "[y/N]" not in proc.stdout + proc.stderr
     assert_one_line_error(proc, "filters.tokenizer", str(folder / "config.json"), "auto_map")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_whose_cached_config_has_auto_map_is_refused(tmp_path, monkeypatch):
+    """A hub id already in the local cache is checked the same way, before transformers is called."""
+    import huggingface_hub.constants
+
+    from gad.models import load_tokenizer
+
+    snapshot = tmp_path / "hub" / "models--evil-org--evil-model" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "evilmodel", "auto_map": {"AutoConfig": "e.C"}}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(GADError, match="auto_map") as err:
+        load_tokenizer("evil-org/evil-model")
+    assert str(snapshot / "config.json") in str(err.value)
