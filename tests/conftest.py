@@ -65,9 +65,9 @@ def fast_overrides(*without: str) -> list[str]:
 
 
 def run_entry(
-    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300
+    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300, input: str | None = None
 ) -> subprocess.CompletedProcess:
-    """Run one of the repository's entry scripts the way a user does."""
+    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
@@ -76,6 +76,7 @@ def run_entry(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=input,
     )
 
 

@@ -196,6 +196,17 @@ def test_load_rollouts_reads_the_boundary_from_the_config(tmp_path):
     assert load_rollouts(tmp_path, warmup_steps=1).groupby("step")["phase"].first()[2] == "adversarial"
 
 
+@pytest.mark.parametrize("bad", ["[" * 100_000 + "]" * 100_000, '{"id": "\\ud800"}', "{not json"])
+def test_a_received_runs_bad_rollout_line_is_one_line_naming_it(tmp_path, bad):
+    from gad.errors import GADError
+
+    (tmp_path / "config.yaml").write_text("method:\n  warmup_steps: 5\n")
+    lines = [json.dumps(r) for r in RECORDS]
+    (tmp_path / "rollouts.jsonl").write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+    with pytest.raises(GADError, match="rollouts.jsonl line 2: "):
+        load_rollouts(tmp_path)
+
+
 def test_user_turn():
     chatml = (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"

@@ -95,12 +95,14 @@ def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragme
     [
         ("train.py", "method.num_samples=2.5", "error: method.num_samples=2.5 is invalid"),
         ("eval.py", "generation.max_new_tokens=0", "error: generation.max_new_tokens=0 is invalid"),
+        ("train.py", "data.batch_size=1000000000000", "error: data.batch_size=1000000000000 is invalid"),
+        ("eval.py", "generation.greedy=false generation.temperature=1e9", "error: generation.temperature=1000000000.0"),
     ],
 )
 def test_a_bad_value_stops_the_entry_before_torch_is_imported(tmp_path, script, override, error):
     """src/train.py and src/eval.py validate their config before importing torch (gad.cli.start's check)."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(ROOT / "src" / script), override],
+        [sys.executable, "-X", "importtime", str(ROOT / "src" / script), *override.split()],
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PROJECT_ROOT": str(tmp_path)},
         capture_output=True,
@@ -192,3 +194,42 @@ def test_a_run_folder_written_before_a_rename_loads_with_the_new_keys(tmp_path):
     ):
         run, current = old_run(method, renamed)
         assert OmegaConf.to_container(run_config(run)) == current, method
+
+
+# Upper bounds (gad/config/bounds.py): a typo is one line at once, not a MemoryError after minutes, a hang
+# (1e9 DataLoader workers) or a library's traceback. Sizes are 1e12: more than any machine holds.
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (
+            "method.temperature=1e9",
+            "method.temperature=1000000000.0 is invalid: must be a finite number > 0 and <= 100",
+        ),
+        ("method=kd method.rollout_temperature=101", "method.rollout_temperature=101 is invalid"),
+        ("method=kd method.softening_temperature=1e9", "method.softening_temperature=1000000000.0 is invalid"),
+        ("data.batch_size=1000000000000", "data.batch_size=1000000000000 is invalid: batch_size 1000000000000 x ("),
+        ("data.val_batch_size=1000000000000", "data.val_batch_size=1000000000000 is invalid"),
+        ("data.max_prompt_tokens=1000000000000", "data.max_prompt_tokens=1000000000000 is invalid"),
+        ("method.num_samples=1000000000000", "method.num_samples=1000000000000 is invalid: num_samples 1000000000000"),
+        ("method=kd method.samples_per_prompt=1000000000000", "method.samples_per_prompt=1000000000000 is invalid"),
+        ("method.max_new_tokens=1000000000000", "method.max_new_tokens=1000000000000 is invalid"),
+        # fits one prompt's samples, but not a step's: data.batch_size x num_samples (across concerns)
+        ("data.batch_size=100000 method.num_samples=10000000", "data.batch_size 100000 x method.num_samples 10000000"),
+        ("data.num_workers=1000000000", "data.num_workers=1000000000 is invalid: must be <= "),
+    ],
+)
+def test_absurd_sizes_and_temperatures_are_refused_by_their_bound(override, fragment):
+    with pytest.raises(GADError) as err:
+        validate(composed(*override.split()))
+    assert fragment in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_bounds_leave_real_values_alone():
+    from gad.config import bounds
+    from gad.config.validate import check_concerns
+
+    cfg = composed("method.temperature=100", f"data.num_workers={bounds.available_cpus()}")
+    check_concerns(cfg)  # the typed checks (validate() also imports the _target_s: torch, seconds)
+    bounds.check_step_tokens(cfg)
+    assert bounds.fits({"batch_size": 512}, {"max_prompt_tokens": 2048, "max_response_tokens": 1536}) is None

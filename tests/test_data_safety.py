@@ -179,3 +179,99 @@ def test_invalid_utf8_through_the_entry_point_is_one_line(tmp_path):
         "data.val_size=1",
     )
     assert_one_line_error(proc, f"{path} row 3", "invalid UTF-8")
+
+
+# ------------------------------------------------------------ lines that parse but break what follows
+
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError
+BAD_ROWS = {
+    "deep": ('{"id": "r2", "messages": ' + DEEP + "}", "JSON nested deeper than 64 levels"),
+    "meta": (
+        '{"id": "r2", "messages": [{"role": "user", "content": "hi"}], "response": "x", "meta": '
+        + "[" * 200
+        + "]" * 200
+        + "}",
+        "JSON nested deeper than 64 levels",
+    ),
+    "surrogate": (
+        '{"id": "r2", "messages": [{"role": "user", "content": "a \\ud800 b"}], "response": "x"}',
+        "lone surrogate (\\ud800)",
+    ),
+}
+
+
+def dump_with(path: Path, bad: str) -> Path:
+    good = [json.dumps(rec(i, prompt=f"Add: {i} 2")) for i in (0, 1, 3, 4)]
+    path.write_text("\n".join([good[0], good[1], bad, good[2], good[3]]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_a_too_deep_or_non_unicode_line_names_file_and_row_and_can_be_skipped(tmp_path, kind):
+    """The reader of train, eval and collect (gad.data.records) and the tokenised data module."""
+    from gad.data.records import read_records
+    from gad.errors import GADError
+
+    line, fragment = BAD_ROWS[kind]
+    path = dump_with(tmp_path / "d.jsonl", line)
+    with pytest.raises(GADError) as err:
+        read_records(path)
+    assert f"{path} row 3: " in str(err.value) and fragment in str(err.value), str(err.value)
+    dm = datamodule(path, skip_invalid=True, val_size=1)  # tokenises what is kept
+    assert len(dm.train_set) + len(dm.val_set) == 4 and dm.stats["invalid_skipped"] == 1
+
+
+def test_emoji_surrogate_pairs_still_load(tmp_path):
+    from gad.data.records import read_records
+
+    path = dump_with(tmp_path / "d.jsonl", json.dumps(rec(2, prompt="smile \U0001f600")))  # "\ud83d\ude00"
+    assert "\\ud83d\\ude00" in path.read_text()
+    assert read_records(path)[0][2]["messages"][0]["content"] == "smile \U0001f600"
+
+
+@pytest.mark.parametrize("kind", ["deep", "surrogate"])
+def test_a_journal_with_such_a_line_is_one_line_naming_it(tmp_path, kind):
+    """Collect's output and the eval cache (gad.api.Journal): a corrupt record, not a traceback."""
+    from gad.api.journal import Journal
+    from gad.errors import GADError
+
+    path = dump_with(tmp_path / "out.jsonl", BAD_ROWS[kind][0])
+    with pytest.raises(GADError, match=f"{path} line 3: corrupt record"):
+        Journal(path).open()
+    assert sum(1 for r in Journal(path).records()) == 4
+
+
+@pytest.mark.parametrize("kind", ["deep", "surrogate"])
+def test_prepare_counts_such_a_line_as_malformed(tmp_path, kind):
+    from conftest import run_entry
+
+    path = dump_with(tmp_path / "p.jsonl", BAD_ROWS[kind][0])
+    proc = run_entry(
+        "prepare.py",
+        "source.kind=local",
+        f"source.path={path}",
+        "sample.test_size=1",
+        f"out_dir={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'h'}",
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    kept = [json.loads(x) for name in ("train", "test") for x in (tmp_path / "out" / f"{name}.jsonl").open()]
+    assert len(kept) == 4
+
+
+@pytest.mark.parametrize("kind", ["deep", "surrogate"])
+def test_collect_names_the_prompt_file_and_row(tmp_path, kind):
+    from conftest import assert_one_line_error, run_entry
+
+    path = dump_with(tmp_path / "p.jsonl", BAD_ROWS[kind][0])
+    proc = run_entry(
+        "collect.py",
+        f"prompts={path}",
+        f"output={tmp_path / 'out.jsonl'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "teacher.base_url=http://127.0.0.1:9/v1",
+        "teacher.require_api_key=false",
+        timeout=120,
+    )
+    assert_one_line_error(proc, f"{path} row 3", BAD_ROWS[kind][1])

@@ -264,3 +264,25 @@ def test_offline_hub_source_fails_at_once_with_one_line(tmp_path):
     )
     assert_one_line_error(proc, "lmsys/lmsys-chat-1m", "offline")
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_a_successful_prepare_exits_0_and_says_what_it_wrote(tmp_path):
+    """The entry script, as `prepare && collect` runs it: exit 0, the report on stdout, nothing on stderr
+    (it used to print the whole result object to stderr and exit 1)."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}"}) + "\n" for i in range(6)))
+    out = tmp_path / "out"
+    proc = run_entry(
+        "prepare.py",
+        "source.kind=local",
+        f"source.path={path}",
+        "sample.test_size=1",
+        f"out_dir={out}",
+        f"hydra.run.dir={tmp_path / 'h'}",
+        env={"COLUMNS": "400"},  # the line naming both paths is not wrapped
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
+    assert f"wrote {out / 'train.jsonl'} (5) and {out / 'test.jsonl'} (1)" in " ".join(proc.stdout.split())
+    assert len(read(out / "train.jsonl")) == 5 and len(read(out / "test.jsonl")) == 1

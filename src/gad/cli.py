@@ -64,8 +64,11 @@ def start(
         if console:
             setup(cfg, run_dir=cfg.paths.output_dir if prints_run_folder else None)
         result = run(cfg)
-    if returns_status and result:
-        sys.exit(result)
+    if returns_status:
+        if result is not None and not isinstance(result, int):  # a body's bug, not the user's: say so, loudly
+            raise TypeError(f"{body} returned {type(result).__name__}, not an exit status")
+        if result:
+            sys.exit(result)
     return None if returns_status else result
 
 

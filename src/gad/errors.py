@@ -124,36 +124,91 @@ _KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk|pk)-[A-Za-z0-9_\-]{16,}|h
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# A knob that holds a secret by its name (any case): api_key, OPENAI_API_KEY, apikey, password, hf_token, ...
+# (not `require_api_key`: its values are booleans, and a boolean or null is never a secret).
+_SECRET_NAME = re.compile(r"(?:api_?key|password|passwd|secret|(?:access|auth|api|hf)_?token)$", re.IGNORECASE)
+# An environment variable that holds one, set through hydra.job.env_set.<VAR>
+# (a whole `_`-separated word: OPENAI_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY; not TOKENIZERS_PARALLELISM)
+_SECRET_ENV = re.compile(r"(?:^|_)(?:KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(?:_|$)", re.IGNORECASE)
+# A URL with credentials in it: scheme://user:password@host or scheme://token@host
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s@]*@")
+_NOT_A_SECRET = {"", "true", "false", "null", "none", "~"}
+
+
+def url_has_credentials(text: object) -> bool:
+    """Whether `text` holds a URL with `user:password@` (or `token@`) in it."""
+    return isinstance(text, str) and bool(_URL_CREDENTIALS.search(text))
+
+
+def secret_problem(key: str, value: object, where: str = "on the command line") -> str | None:
+    """Why `key=value` (a command-line override or a composed config's entry, `where` saying which) would
+    put a secret into the run's saved config (.hydra/, config.yaml), or None. Never echoes the value."""
+    if not isinstance(value, str) or value.strip(" '\"").lower() in _NOT_A_SECRET:
+        return None
+    key = key.lstrip("+~")
+    section, _, leaf = key.rpartition(".")
+    saved = "values given " + where + " are saved in the run's .hydra/ files"
+    reference = value.lstrip().startswith("${") and value.rstrip().endswith("}") and value.count("${") == 1
+    if reference and not _KEY_SHAPED.search(value):
+        return None  # an interpolation (${oc.env:VAR}): the saved config holds the reference, not the secret
+    if section.lower().endswith("env_set"):
+        if _SECRET_ENV.search(leaf) or _KEY_SHAPED.search(value):
+            return f"{key}: a secret is never set {where}: set the environment variable {leaf} in the shell instead ({saved})"
+        return None
+    knob = (
+        f"{section}.api_key_env"
+        if section and (_SECRET_NAME.search(leaf) or leaf.lower().endswith("api_key_env") or "url" in leaf.lower())
+        else "teacher.api_key_env (judge.api_key_env for the judge)"
+    )
+    advice = f"put the key in an environment variable and name that variable with {knob} ({saved})"
+    if leaf.lower().endswith("api_key_env"):
+        names = [v.strip(" '\"") for v in value.split(",") if v.strip(" '\"")]
+        if all(_ENV_NAME.match(v) for v in names):
+            return None
+        return f"{key} must be the NAME of an environment variable (like OPENAI_API_KEY), not a key: {advice}"
+    if _SECRET_NAME.search(leaf):
+        return f"{key}: an API key is never given {where}: {advice}"
+    if url_has_credentials(value):
+        return f"{key}: a URL with credentials in it (user:password@) is never given {where}: {advice}"
+    if _KEY_SHAPED.search(value):
+        return f"{key}: the value looks like an API key, which is never given {where}: {advice}"
+    return None
+
+
 def refuse_secrets(overrides: Sequence[str]) -> None:
     """`GADError` for a command-line override that carries an API key: Hydra saves every override
     in the run's .hydra/ files (and config.yaml), so a key must come from the environment.
 
-    Refused: any `...api_key=` override (with or without `+`), an `...api_key_env=` value that is not
-    an environment variable's name, and any value shaped like a key. The key itself is never echoed."""
+    Refused (`secret_problem`): a knob named like a secret (`...api_key=`, any case, with or without `+`),
+    an `...api_key_env=` value that is not an environment variable's name, a secret-named variable set
+    through `hydra.job.env_set.<VAR>=`, a URL with `user:password@`, and any value shaped like a key.
+    The key itself is never echoed."""
     for arg in overrides:
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        section, _, leaf = key.rpartition(".")
-        knob = (
-            f"{section}.api_key_env"
-            if section and "api_key" in leaf
-            else "teacher.api_key_env (judge.api_key_env for the judge)"
-        )
-        advice = (
-            f"put the key in an environment variable and name that variable with {knob} "
-            "(command-line values are saved in the run's .hydra/ files)"
-        )
-        if leaf.endswith("api_key"):
-            raise GADError(f"{key}: an API key is never passed on the command line: {advice}")
-        if leaf.endswith("api_key_env") and not all(
-            _ENV_NAME.match(v.strip(" '\"")) for v in value.split(",") if v.strip(" '\"")
-        ):
-            raise GADError(
-                f"{key} must be the NAME of an environment variable (like OPENAI_API_KEY), not a key: {advice}"
-            )
-        if _KEY_SHAPED.search(value):
-            raise GADError(
-                f"{key}: the value looks like an API key, which is never passed on the command line: {advice}"
-            )
+        problem = secret_problem(key, value)
+        if problem:
+            raise GADError(problem)
+
+
+def refuse_config_secrets(cfg: object) -> None:
+    """`GADError` for a secret anywhere in a composed config (a `--config-dir` preset with an `api_key:`
+    line, a `base_url` with a password, an env_set of a key): the same rules as `refuse_secrets`, on every
+    entry, unresolved (an `${oc.env:...}` reference is fine: the saved config keeps the reference)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+    def walk(node: object, path: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for name, value in items:
+            key = f"{path}.{name}" if path else str(name)
+            if path == "hydra.overrides":
+                continue  # the override strings themselves: refuse_secrets has read them
+            problem = secret_problem(key, value, "in a config")
+            if problem:
+                raise GADError(problem)
+            walk(value, key)
+
+    walk(tree, "")

@@ -32,6 +32,7 @@ from transformers import (
 from gad.config.model import LoraConfig
 from gad.errors import GADError
 from gad.received_paths import installed_file
+from gad.remote_code import refuse_remote_code
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,8 +77,10 @@ def convert_gguf(gguf: str, folder: str | Path) -> Path:
         return folder
     source = gguf_path(gguf)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            source.parent, gguf_file=source.name, dtype=torch.float32, trust_remote_code=False
+        )
     except ImportError as err:  # gguf / accelerate missing
         raise GADError(f"model.student.gguf: loading {source.name} needs {err}; pip install gguf accelerate") from None
     config = copy.deepcopy(loaded.config)
@@ -133,8 +136,9 @@ def load_tokenizer(
             "model.tokenizer.path: not set, and the student is built from a config "
             "(set model.tokenizer.path or model.tokenizer.from_scratch)"
         )
+    refuse_remote_code(path)  # and trust_remote_code=False: never asked "run the custom code? [y/N]"
     try:
-        tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+        tok = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise _load_failure("tokenizer", path, err) from None
     if pad_token is not None:
@@ -162,8 +166,10 @@ def load_student(
         raise GADError(f"model.student.dtype: '{dtype}' is not one of {sorted(DTYPES)}")
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
     if name_or_path is not None:
+        source = model_source(name_or_path, gguf)
+        refuse_remote_code(source)  # and trust_remote_code=False: never asked "run the custom code? [y/N]"
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_source(name_or_path, gguf), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **kwargs)
         except (OSError, ValueError) as err:
             raise _load_failure("student model", name_or_path, err) from None
     elif config is not None:

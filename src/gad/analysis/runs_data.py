@@ -10,7 +10,6 @@ and each student sample), so histograms, scatters and rankings are one-liners.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gad import json_lines
 from gad.errors import GADError
 from gad.runs import latest_run, run_config
 from gad.step_record import Phase
@@ -198,8 +198,14 @@ def load_rollouts(run_dir: str | Path, warmup_steps: int | None = None) -> pd.Da
         )
     if warmup_steps is None:
         warmup_steps = _warmup_steps(run_dir)
-    with open(path, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = []
+    with open(path, "rb") as fh:  # a received run's file: a bad line is one line naming it, not a traceback
+        for number, raw in enumerate(fh, start=1):
+            if raw.strip():
+                try:
+                    records.append(json_lines.loads(raw))
+                except ValueError as err:  # invalid JSON or UTF-8, nested too deeply, a lone surrogate
+                    raise GADError(f"{path} line {number}: {' '.join(str(err).split())[:160]}") from None
     return rollouts_frame(records, warmup_steps)
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gad import json_lines
 from gad.atomic import open_own
 from gad.errors import GADError
 
@@ -151,7 +152,7 @@ class Journal:
                     )
                 if raw.strip():
                     try:
-                        record = json.loads(raw)
+                        record = json_lines.loads(raw)  # a ValueError when nested too deeply
                         if record_key(record, self.key) is None:
                             raise ValueError(f"not an object with a string {self._key_name}")
                     except (ValueError, UnicodeDecodeError) as err:
@@ -254,7 +255,7 @@ class Journal:
             for raw in fh:
                 if raw.endswith(b"\n") and raw.strip():
                     try:
-                        record = json.loads(raw)
+                        record = json_lines.loads(raw)
                     except ValueError:
                         continue
                     if isinstance(record, dict):

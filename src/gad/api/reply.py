@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gad import json_lines
 from gad.errors import one_line
 
 
@@ -30,7 +30,7 @@ class MalformedReply(Exception):
 def parse_chat_reply(text: str) -> ChatReply:
     """Decode a chat-completions body by hand, so a malformed one is named rather than half-parsed."""
     try:
-        data = json.loads(text)
+        data = json_lines.loads(text)  # a ValueError when nested too deeply (a hostile server)
     except (ValueError, TypeError) as err:
         raise MalformedReply(f"reply is not JSON ({one_line(err)[:80]})") from None
     if not isinstance(data, dict):

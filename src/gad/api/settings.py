@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from gad.config.typed import finite, require
-from gad.errors import GADError
+from gad.errors import GADError, url_has_credentials
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_KEY = "EMPTY"  # what keyless local servers (vLLM without --api-key) are sent
@@ -46,6 +46,12 @@ class ClientSettings:
             "base_url",
             base_url,
             "must be an http(s) URL such as http://127.0.0.1:8000/v1",
+        )
+        require(  # never echoed: the password would reach the error line
+            not url_has_credentials(base_url),
+            "base_url",
+            None,
+            "must not carry credentials (user:password@): put the key in the environment variable named by api_key_env",
         )
         self.base_url = base_url or None
         env = self.api_key_env

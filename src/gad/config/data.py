@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from gad.config.bounds import require_fits, workers_rule
 from gad.config.typed import require
 from gad.data.records import Columns
 
@@ -44,3 +45,10 @@ class DataConfig:
         require(self.val_size >= 0, "val_size", self.val_size, "must be an integer >= 0")
         require(self.num_workers >= 0, "num_workers", self.num_workers, "must be an integer >= 0")
         require(self.truncation in ("left", "drop"), "truncation", self.truncation, "must be 'left' or 'drop'")
+        # upper bounds (gad/config/bounds.py: what this machine can hold, its CPUs)
+        require(
+            not workers_rule(self.num_workers), "num_workers", self.num_workers, str(workers_rule(self.num_workers))
+        )
+        for key in ("batch_size", "val_batch_size"):
+            lengths = {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}
+            require_fits({key: getattr(self, key) or 1}, lengths)

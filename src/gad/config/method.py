@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from gad.config.bounds import TEMPERATURE_RULE, require_fits, temperature_ok
 from gad.config.typed import finite, require
+from gad.errors import url_has_credentials
 
 
 @dataclass
@@ -137,6 +139,9 @@ class GADConfig(SamplingConfig):
             self.num_samples,
             "must be an integer >= 2 (advantages are normalised within each prompt's samples)",
         )
+        # upper bounds (gad/config/bounds.py)
+        require(temperature_ok(self.temperature), "temperature", self.temperature, TEMPERATURE_RULE)
+        require_fits({"num_samples": self.num_samples, "max_new_tokens": self.max_new_tokens})  # one prompt's
         for key in ("warmup_steps", "d_only_steps", "adversarial_steps", "off_policy_d_steps"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "must be an integer >= 0")
         require(
@@ -242,6 +247,13 @@ class KDTeacherConfig:
             self.base_url,
             "set the server's API root (e.g. http://127.0.0.1:8000/v1) for method.teacher.kind=api",
         )
+        require(  # never echoed: the password would reach the error line (the key comes from api_key_env)
+            not url_has_credentials(self.base_url),
+            "base_url",
+            None,
+            "must not carry credentials (user:password@): put the key in the environment variable "
+            "named by method.teacher.api_key_env",
+        )
         require(
             self.top_k is not None,
             "top_k",
@@ -291,6 +303,10 @@ class KDConfig(SamplingConfig):
             "must be a finite number > 0",
         )
         require(self.samples_per_prompt >= 1, "samples_per_prompt", self.samples_per_prompt, "must be an integer >= 1")
+        # upper bounds (gad/config/bounds.py)
+        for key in ("softening_temperature", "rollout_temperature"):
+            require(temperature_ok(getattr(self, key)), key, getattr(self, key), TEMPERATURE_RULE)
+        require_fits({"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.max_new_tokens})
 
 
 @dataclass

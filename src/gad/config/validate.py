@@ -20,6 +20,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gad.config.bounds import check_step_tokens
 from gad.config.data import DataConfig
 from gad.config.method import METHODS
 from gad.config.model import LoraConfig
@@ -133,6 +134,7 @@ def validate(cfg: DictConfig) -> None:
     except Exception as err:
         raise GADError(f"config does not resolve: {' '.join(str(err).split())}") from None
     check_concerns(cfg)
+    check_step_tokens(cfg)  # a step's sequences fit this machine (gad/config/bounds.py)
     check_across(cfg)
     check_composition(cfg)
     check_known_keys(cfg)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gad import json_lines
 from gad.errors import GADError
 
 DUMP_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -159,9 +160,15 @@ def _iter_jsonl(file: Path) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, json.loads(line)
+                    value = json_lines.loads(line)  # json.loads with a nesting bound (RecursionError)
                 except json.JSONDecodeError as err:
                     yield lineno, RowError(f"invalid JSON ({err.msg} at column {err.colno})")
+                except json_lines.TooDeep as err:
+                    yield lineno, RowError(f"invalid JSON ({err})")
+                except json_lines.NotText as err:
+                    yield lineno, RowError(str(err))
+                else:
+                    yield lineno, value
     except (OSError, EOFError) as err:  # a damaged or truncated compressed file (gzip, bz2, lzma errors)
         raise GADError(f"{file}: cannot read ({type(err).__name__}: {err})") from None
 

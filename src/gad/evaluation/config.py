@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from gad.config.bounds import TEMPERATURE_RULE, require_fits, temperature_ok
 from gad.config.typed import finite, require, typed
 
 # metric -> direction (+1: higher is better), the values `select.metric` may name
@@ -78,6 +79,8 @@ class GenerationParams:
         if not self.greedy:  # sampling only: greedy decoding reads neither
             require(finite(self.temperature) and self.temperature > 0, "temperature", self.temperature, "must be > 0")
             require(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "must be > 0 and <= 1")
+            require(temperature_ok(self.temperature), "temperature", self.temperature, TEMPERATURE_RULE)  # bounds.py
+        require_fits({"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens})  # gad/config/bounds.py
 
     def key(self) -> dict[str, Any]:
         """What changes the text (batch size does not, for greedy decoding)."""
@@ -104,6 +107,8 @@ class PerplexityParams:
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_prompt_tokens", "max_response_tokens"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        lengths = {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}
+        require_fits({"batch_size": self.batch_size}, lengths)  # gad/config/bounds.py
 
     def key(self) -> dict[str, Any]:
         return {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}

@@ -69,6 +69,7 @@ class APITeacher(Teacher):
         self.vocab_size = 0
         self.decoded_ids: dict[str, int | None] = {}
         self.requests = 0
+        self.key = ""  # the API key (from the environment), masked out of every message
 
     def describe(self) -> str:
         return f"API teacher {self.model} at {self.base_url} (top-{self.top_k})"
@@ -78,7 +79,11 @@ class APITeacher(Teacher):
     def setup(self, tokenizer: PreTrainedTokenizerBase) -> None:
         from openai import OpenAI
 
+        from gad.api.redaction import protect_logs
+
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        self.key = key or ""
+        protect_logs([self.key])  # the openai client logs its retries
         self.client = OpenAI(
             base_url=self.base_url, api_key=key or "EMPTY", timeout=self.timeout_s, max_retries=self.max_retries
         )
@@ -122,18 +127,24 @@ class APITeacher(Teacher):
     # ------------------------------------------------------------ requests
 
     def failure(self, err: Exception) -> GADError:
+        """One line for a failed request. A server's reply may echo the key ("Incorrect API key provided:
+        sk-..."): the key, and anything shaped like one, is masked (gad.api.redaction, as collect and the judge)."""
         import openai
+
+        from gad.api.redaction import redact
 
         if isinstance(err, openai.APIConnectionError):
             return GADError(
                 f"method.teacher.base_url: cannot reach the teacher server at {self.base_url} ({type(err).__name__})"
             )
         if isinstance(err, openai.APIStatusError):
-            detail = " ".join(str(getattr(err, "message", err)).split())[:300]
+            detail = redact(getattr(err, "message", err), [self.key])[:300]
+            hint = f" (the key is read from ${self.api_key_env})" if err.status_code in (401, 403) else ""
             return GADError(
-                f"method.teacher: the teacher server at {self.base_url} answered HTTP {err.status_code}: {detail}"
+                f"method.teacher: the teacher server at {self.base_url} answered HTTP {err.status_code}{hint}: {detail}"
             )
-        return GADError(f"method.teacher: the teacher server at {self.base_url} failed: {type(err).__name__}: {err}")
+        detail = redact(f"{type(err).__name__}: {err}", [self.key])[:300]
+        return GADError(f"method.teacher: the teacher server at {self.base_url} failed: {detail}")
 
     def complete(self, prompt: str | list[list[int]], logprobs: int) -> list[dict[str, Any]]:
         """One completions request with echo and no generation; the raw JSON choices in prompt order."""

@@ -11,6 +11,7 @@ from gad.errors import GADError
 from gad.kd_teachers.base import Teacher, TeacherDists, refuse_tokenizer, tokenizer_mismatch
 from gad.losses import position_ids
 from gad.models import DTYPES
+from gad.remote_code import refuse_remote_code
 
 
 def listed_topk(logp: torch.Tensor, scored: torch.Tensor, k: int) -> TeacherDists:
@@ -56,10 +57,12 @@ class LocalTeacher(Teacher):
             from gad.toy.kd_teacher import ensure_teacher_model
 
             ensure_teacher_model(self.path, tokenizer, self.build)
+        key = "method.teacher.tokenizer" if self.tokenizer_path != self.path else "method.teacher.path"
+        refuse_remote_code(self.tokenizer_path, key)  # and trust_remote_code=False: never asked, never run
+        refuse_remote_code(self.path, "method.teacher.path")
         try:
-            own = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            own = AutoTokenizer.from_pretrained(self.tokenizer_path, trust_remote_code=False)
         except (OSError, ValueError) as err:
-            key = "method.teacher.tokenizer" if self.tokenizer_path != self.path else "method.teacher.path"
             raise GADError(
                 f"{key}: cannot load the teacher's tokenizer from '{self.tokenizer_path}' "
                 f"({type(err).__name__}); set method.teacher.tokenizer to its folder"
@@ -69,7 +72,10 @@ class LocalTeacher(Teacher):
             raise refuse_tokenizer("method.teacher.path", f"{self.tokenizer_path}: {why}")
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                self.path, dtype=DTYPES[self.dtype], attn_implementation=self.attn_implementation
+                self.path,
+                dtype=DTYPES[self.dtype],
+                attn_implementation=self.attn_implementation,
+                trust_remote_code=False,
             )
         except (OSError, ValueError) as err:
             raise GADError(

@@ -260,8 +260,11 @@ def _with_policy(plan: CollectPlan) -> CollectPlan:
             raise GADError(
                 "system_prompt=template_default needs system_prompt_tokenizer=<the student's tokenizer folder or hub id>"
             )
+        from gad.remote_code import refuse_remote_code
+
+        refuse_remote_code(str(path), "system_prompt_tokenizer")  # and trust_remote_code=False: never asked
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise GADError(f"system_prompt_tokenizer: cannot load '{path}' ({type(err).__name__})") from None
     sent = system_prompt_sent(policy, tokenizer)

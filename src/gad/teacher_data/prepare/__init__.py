@@ -46,6 +46,7 @@ from gad.teacher_data.prepare.sources import adapt, check_hub, split_rows
 
 __all__ = [
     "KINDS",
+    "main",
     "STEPS",
     "PrepareConfig",
     "PrepareResult",
@@ -88,3 +89,10 @@ def prepare(cfg: Any) -> PrepareResult:
         f"wrote {pc.out_path / 'train.jsonl'} ({len(result.train):,}) and {pc.out_path / 'test.jsonl'} ({len(result.test):,})"
     )
     return result
+
+
+def main(cfg: Any) -> int:
+    """The body of `python src/prepare.py`: `prepare`, then exit status 0 (the result object is for
+    Python callers; an entry body returns an exit status)."""
+    prepare(cfg)
+    return 0

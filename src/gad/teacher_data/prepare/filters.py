@@ -54,10 +54,13 @@ class TokenCounter:
         self.tok = None
         if spec == "whitespace":
             return
+        from gad.remote_code import refuse_remote_code
+
+        refuse_remote_code(spec, "filters.tokenizer")  # and trust_remote_code=False: never asked, never run
         try:
             from transformers import AutoTokenizer
 
-            self.tok = AutoTokenizer.from_pretrained(spec)
+            self.tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
         except Exception as err:  # OSError offline, ValueError for a bad folder, ...
             reason = " ".join(str(err).split())[:160]
             raise GADError(
