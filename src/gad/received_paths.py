@@ -133,21 +133,25 @@ def confine(cfg: DictConfig, file: str | Path, run_dir: str | Path) -> None:
 
 
 def _own_writes(cfg: DictConfig, file: str | Path) -> None:
-    """The folders a load may write into, moved under this project's own cache."""
+    """The folders a load may write into, moved under this project's own cache (unless already there)."""
+    cache = own_cache()
+
+    def own(key: str, subfolder: str) -> None:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or (isinstance(value, str) and is_inside(value, [cache])):
+            return
+        name = Path(str(value)).name
+        if name in ("", ".", ".."):
+            raise GADError(f"{file}: {key}: '{value}' is not a folder name")
+        OmegaConf.update(cfg, key, str(cache / subfolder / name))
+
     with open_dict(cfg):
-        gguf = OmegaConf.select(cfg, "model.student.gguf", default=None)
-        target = OmegaConf.select(cfg, "model.student.name_or_path", default=None)
-        if gguf is not None and isinstance(target, str):  # the GGUF is converted into this folder once
-            name = Path(target).name
-            if not name or name in (".", ".."):
-                raise GADError(f"{file}: model.student.name_or_path: '{target}' is not a folder name")
-            own = str(own_cache() / "models" / name)
-            cfg.model.student.name_or_path = own
+        if OmegaConf.select(cfg, "model.student.gguf", default=None) is not None:
+            own("model.student.name_or_path", "models")  # the GGUF is converted into this folder once
             if OmegaConf.select(cfg, "model.tokenizer.student", default=None) is not None:
-                cfg.model.tokenizer.student = own
-        if OmegaConf.select(cfg, "data.cache_dir", default=None) is not None:
-            cfg.data.cache_dir = str(own_cache())
+                cfg.model.tokenizer.student = cfg.model.student.name_or_path
+        cache_dir = OmegaConf.select(cfg, "data.cache_dir", default=None)
+        if cache_dir is not None and not (isinstance(cache_dir, str) and is_inside(cache_dir, [cache])):
+            cfg.data.cache_dir = str(cache)
         if OmegaConf.select(cfg, "method.teacher.build", default=None) is not None:  # the toy KD teacher's recipe
-            path = OmegaConf.select(cfg, "method.teacher.path", default=None)
-            name = Path(str(path)).name if path else "kd_teacher"
-            cfg.method.teacher.path = str(own_cache() / name)
+            own("method.teacher.path", ".")
