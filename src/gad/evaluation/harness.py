@@ -133,7 +133,7 @@ class Harness:
                         f"and HF_HUB_OFFLINE=1: run the same command once with hub access (HF_HUB_OFFLINE unset) to "
                         f"download it into the Hugging Face cache"
                     ) from None
-                raise GADError(f"harness.tasks: '{name}' could not be loaded: {text}") from None
+                # any other error recurs when the task runs, where it fails that task alone
 
     def _dataset_path(self, name: str) -> str | None:
         entry = self.manager.task_index.get(name)
@@ -258,7 +258,7 @@ class Harness:
     def _lm(self, model, tokenizer):
         from gad.evaluation.harness_lm import policy_lm
 
-        return policy_lm(model, tokenizer, self.gen.system_prompt, self.batch_size)
+        return policy_lm(model, tokenizer, self.gen.system_prompt, self.batch_size, progress=self.verbose)
 
     def _evaluate(self, lm, task: str, key: str) -> dict[str, Any]:
         from lm_eval import simple_evaluate
