@@ -30,7 +30,7 @@ SPLITS = {"in_dist": ROOT / "data/toy/test_id.jsonl", "out_of_dist": ROOT / "dat
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("train"))
+    return train(tmp_path_factory.mktemp("train"), "callbacks.step_checkpoint.every_n_steps=2")
 
 
 def eval_cmd(log_dir, *args, env=None):
@@ -135,6 +135,21 @@ def test_multiple_choice_task_on_smollm2(smollm2, tmp_path):
     docs = read_jsonl(out_dir(proc) / "harness" / "gad_mc_facts" / "smol.jsonl")
     assert len(docs) == 8 and all(len(d["resps"]) == 4 for d in docs)  # one log-likelihood per choice
     assert all(math.isfinite(r[0][0]) for d in docs for r in d["resps"])
+
+
+def test_checkpoint_selection_by_a_harness_metric(run, tmp_path):
+    metric = "harness:gad_toy_in_dist:exact_match"
+    proc = eval_cmd(tmp_path, f"select.run={run}", f"select.metric={metric}", "select.max_length_ratio=null", "limit=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = out_dir(proc)
+    selection = json.loads((out / "selection.json").read_text())
+    rows = harness_rows(out)
+    assert selection["metric"] == metric and selection["higher_is_better"] is True
+    assert [c["checkpoint"] for c in selection["checkpoints"]] == [f"step_00000{i}.ckpt" for i in (2, 4, 6)]
+    for c in selection["checkpoints"]:
+        assert c[metric] == rows[(c["checkpoint"][:-5], "gad_toy_in_dist", "exact_match")]["value"]
+    best = max(selection["checkpoints"], key=lambda c: (c[metric], -c["step"]))
+    assert selection["best"] == best["path"]
 
 
 @pytest.mark.parametrize(
