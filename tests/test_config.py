@@ -95,6 +95,7 @@ def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragme
     [
         ("train.py", "method.num_samples=2.5", "error: method.num_samples=2.5 is invalid"),
         ("eval.py", "generation.max_new_tokens=0", "error: generation.max_new_tokens=0 is invalid"),
+        ("eval.py", "harness.limit=0", "error: harness.limit=0 is invalid"),
     ],
 )
 def test_a_bad_value_stops_the_entry_before_torch_is_imported(tmp_path, script, override, error):
