@@ -152,18 +152,24 @@ def test_checkpoint_selection_by_a_harness_metric(run, tmp_path):
     assert selection["best"] == best["path"]
 
 
-@pytest.mark.parametrize(
-    "task, fragments",
-    [
-        ("gad_toy_in_dis", ["harness.tasks", "'gad_toy_in_dis'", "close names: gad_toy_in_dist"]),
-        ("arc_challenge", ["'arc_challenge'", "allenai/ai2_arc", "HF_HUB_OFFLINE=1", "with hub access"]),
-    ],
-)
-def test_refusals_are_one_line_before_any_model_loads(run, tmp_path, task, fragments):
+def test_uncached_hub_task_offline_is_one_line_before_any_model_loads(run, tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}  # nothing cached
-    proc = eval_cmd(tmp_path, f"models={{after: '{run}'}}", f"harness.tasks=[{task}]", env=env)
-    assert_one_line_error(proc, *fragments)
+    proc = eval_cmd(tmp_path, f"models={{after: '{run}'}}", "harness.tasks=[arc_challenge]", env=env)
+    assert_one_line_error(proc, "'arc_challenge'", "allenai/ai2_arc", "HF_HUB_OFFLINE=1", "with hub access")
     assert not (tmp_path / "eval" / "cache").exists()  # nothing generated, no model loaded
+
+
+def test_unknown_task_lists_close_names():
+    """The check src/eval.py makes (on lm-eval's whole index there: ~7 s; here on the local folder's)."""
+    from lm_eval.tasks import TaskManager
+
+    from gad.evaluation.harness import unknown_task
+
+    known = list(TaskManager(include_path=str(ROOT / "data/harness"), include_defaults=False).task_index)
+    line = unknown_task("gad_toy_in_dis", known, "data/harness")
+    assert line.startswith("harness.tasks: no task, group or tag named 'gad_toy_in_dis'") and "\n" not in line
+    assert line.endswith("close names: gad_toy_in_dist, gad_toy_out_of_dist")
+    assert unknown_task("zzz", known, None).endswith("see `lm_eval ls tasks`")
 
 
 def test_bad_harness_value_is_one_line(tmp_path):

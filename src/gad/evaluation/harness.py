@@ -102,10 +102,7 @@ class Harness:
         index = self.manager.task_index
         for name in self.tasks:
             if name not in index:
-                close = difflib.get_close_matches(name, list(index), n=5, cutoff=0.6)
-                hint = f"; close names: {', '.join(close)}" if close else "; see `lm_eval ls tasks`"
-                where = f" (built-in or in {self.include_path})" if self.include_path else ""
-                raise GADError(f"harness.tasks: no task, group or tag named '{name}'{where}{hint}")
+                raise GADError(unknown_task(name, list(index), self.include_path))
         if _offline():
             self._check_offline()
 
@@ -296,6 +293,14 @@ class Harness:
             if row["task"] == task and metric in (row["metric"], f"{row['metric']},{row['filter']}"):
                 return row.get("higher_is_better") is not False
         return True
+
+
+def unknown_task(name: str, known: list[str], include_path: str | None) -> str:
+    """The one line for a task name lm-eval does not know, with the close names it does."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f"; close names: {', '.join(close)}" if close else "; see `lm_eval ls tasks`"
+    where = f" (built-in or in {include_path})" if include_path else ""
+    return f"harness.tasks: no task, group or tag named '{name}'{where}{hint}"
 
 
 def template_sha(tokenizer) -> str:
