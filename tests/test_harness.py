@@ -155,7 +155,7 @@ def test_checkpoint_selection_by_a_harness_metric(run, tmp_path):
 def test_uncached_hub_task_offline_is_one_line_before_any_model_loads(run, tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}  # nothing cached
     proc = eval_cmd(tmp_path, f"models={{after: '{run}'}}", "harness.tasks=[arc_challenge]", env=env)
-    assert_one_line_error(proc, "'arc_challenge'", "allenai/ai2_arc", "HF_HUB_OFFLINE=1", "with hub access")
+    assert_one_line_error(proc, "'arc_challenge' needs allenai/ai2_arc", "HF_HUB_OFFLINE=1", "with hub access")
     assert not (tmp_path / "eval" / "cache").exists()  # nothing generated, no model loaded
 
 

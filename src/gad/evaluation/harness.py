@@ -107,69 +107,55 @@ class Harness:
             self._check_offline()
 
     def _check_offline(self) -> None:
-        """With HF_HUB_OFFLINE=1, load each task that some model still needs: a hub dataset missing from
-        the local cache is one line now, not a failure after the models have loaded."""
-        from gad.evaluation.model_specs import load_tokenizer_for
-
-        done = {spec.fingerprint: self._journal_keys(spec) for spec in self.models.values()}
-        templates = {spec.fingerprint: template_sha(load_tokenizer_for(spec)) for spec in self.models.values()}
-        needed = [
-            t
-            for t in self.tasks
-            if any(self.key(s, t, templates[s.fingerprint]) not in done[s.fingerprint] for s in self.models.values())
-        ]
-        for name in needed:
-            try:
-                self.manager.load([name])
-            except Exception as err:  # the datasets library: ConnectionError / DatasetNotFoundError, ...
-                text = one_line(err)
-                if "offline" in text.lower() or isinstance(err, ConnectionError):
-                    dataset = _dataset_of(text) or self._dataset_path(name) or "its dataset"
-                    raise GADError(
-                        f"harness.tasks: '{name}' needs the hub dataset {dataset}, which is not in the local cache "
-                        f"and HF_HUB_OFFLINE=1: run the same command once with hub access (HF_HUB_OFFLINE unset) to "
-                        f"download it into the Hugging Face cache"
-                    ) from None
-                # any other error recurs when the task runs, where it fails that task alone
-
-    def _dataset_path(self, name: str) -> str | None:
-        entry = self.manager.task_index.get(name)
-        cfg = getattr(entry, "cfg", None) or {}
-        return cfg.get("dataset_path")
+        """With HF_HUB_OFFLINE=1, every hub dataset the tasks read must be in the local cache: one line naming
+        the tasks and the datasets missing, now, before a model loads (read off the index: importing a task's
+        code can already reach for the network, IFEval's NLTK download)."""
+        missing: dict[str, list[str]] = {}
+        for name in self.tasks:
+            for cfg in self._leaves(name, set()):
+                path = cfg.get("dataset_path")
+                if cfg.get("custom_dataset") or not path or not _hub_id(str(path)) or _dataset_cached(str(path)):
+                    continue
+                if str(path) not in missing.setdefault(name, []):
+                    missing[name].append(str(path))
+        if missing:
+            what = ", ".join(f"'{t}' needs {' '.join(d)}" for t, d in missing.items())
+            raise GADError(
+                f"harness.tasks: hub datasets not in the local cache, and HF_HUB_OFFLINE=1: {what}; run the same "
+                "command once with hub access (HF_HUB_OFFLINE unset) to download them into the Hugging Face cache"
+            )
 
     # ------------------------------------------------------------------------------------ cache keys
     def chat(self, name: str) -> bool:
         mode = self.params.chat_template
-        return mode == "always" or (mode == "generative" and GENERATIVE in self._output_types(name, set()))
+        return mode == "always" or (mode == "generative" and GENERATIVE in self._output_types(name))
 
-    def _output_types(self, name: str, seen: set[str]) -> set[str]:
-        """The output types of a task, group or tag's leaf tasks, read off the index (no dataset loads)."""
+    def _output_types(self, name: str) -> set[str]:
+        return {str(cfg.get("output_type")) for cfg in self._leaves(name, set())}
+
+    def _leaves(self, name: str, seen: set[str]) -> list[dict[str, Any]]:
+        """The configs of a task, group or tag's leaf tasks, read off the index (no task code, no dataset)."""
         if name in seen:
-            return set()
+            return []
         seen.add(name)
         index = self.manager.task_index
         entry = index.get(name)
         if entry is None:
-            return set()
+            return []
         cfg = entry.cfg or {}
-        if cfg.get("output_type"):
-            return {cfg["output_type"]}
         kind = getattr(entry.kind, "name", str(entry.kind))
-        children: list[Any] = []
         if kind == "GROUP":
             children = cfg.get("task") or []
         elif kind == "TAG":
             children = [n for n, e in index.items() if name in (getattr(e, "tags", None) or ())]
-        out: set[str] = set()
+        else:
+            return [cfg]
+        out: list[dict[str, Any]] = []
         for child in children if isinstance(children, list) else [children]:
-            if isinstance(child, dict):
-                out |= (
-                    {child["output_type"]}
-                    if child.get("output_type")
-                    else self._output_types(str(child.get("task")), seen)
-                )
+            if isinstance(child, dict):  # a task written inline in its group
+                out += [child] if child.get("output_type") else self._leaves(str(child.get("task")), seen)
             else:
-                out |= self._output_types(str(child), seen)
+                out += self._leaves(str(child), seen)
         return out
 
     def _task_identity(self, name: str) -> Any:
@@ -208,13 +194,6 @@ class Harness:
             "template": template if chat else None,  # the rendered prompts depend on the chat template
         }
         return "harness:" + sha(parts)[:40]
-
-    def _journal_keys(self, spec: ModelSpec) -> set[str]:
-        path = self.cache / f"{spec.fingerprint}.jsonl"
-        if not path.exists():
-            return set()
-        with Journal(path) as journal:
-            return set(journal.keys)
 
     # ------------------------------------------------------------------------------------- per model
     def run_model(self, name: str, spec: ModelSpec, tokenizer, load_model, console=None) -> None:
@@ -354,12 +333,24 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _dataset_of(text: str) -> str | None:
-    """The dataset id in the datasets library's "Couldn't reach 'openai/gsm8k' on the Hub" message."""
-    import re
+def _hub_id(path: str) -> bool:
+    """A hub dataset id (owner/name or name), not a datasets builder ("json") or a local path."""
+    return path not in LOCAL_BUILDERS and not Path(path).expanduser().exists() and not path.startswith((".", "/", "~"))
 
-    m = re.search(r"reach '([^']+)'", text)
-    return m.group(1) if m else None
+
+LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset"}
+
+
+def _dataset_cached(repo_id: str) -> bool:
+    """Whether the datasets library can load `repo_id` offline: its files in the hub cache, or its prepared
+    Arrow files in the datasets cache (<owner>___<name>)."""
+    import datasets.config
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if (Path(datasets.config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")).is_dir():
+        return True
+    snapshots = Path(HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def quiet(verbose: bool) -> None:
