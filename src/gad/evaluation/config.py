@@ -131,6 +131,9 @@ def harness_metric(metric: str) -> tuple[str, str] | None:
     return (task, name) if task and name else None
 
 
+CHAT_TEMPLATE_MODES = ("generative", "always", "never")  # which harness tasks see the model's chat template
+
+
 @dataclass
 class HarnessParams:
     """`harness` in conf/eval.yaml (each key documented there): lm-evaluation-harness tasks beside the judge."""
@@ -157,9 +160,6 @@ class HarnessParams:
             f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}",
         )
         require(self.bootstrap_iters >= 0, "bootstrap_iters", self.bootstrap_iters, "must be >= 0")
-
-
-CHAT_TEMPLATE_MODES = ("generative", "always", "never")  # which tasks see the model's chat template
 
 
 def check(cfg: DictConfig) -> None:
