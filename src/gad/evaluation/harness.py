@@ -213,9 +213,7 @@ class Harness:
                         console.print(f"[dim]harness: {name} / {task}[/dim]")
                     try:
                         record = self._evaluate(lm, task, key)
-                    except Exception as err:  # one task's failure keeps the others' results
-                        if isinstance(err, KeyboardInterrupt):
-                            raise
+                    except Exception as err:  # one task's failure keeps the others' results (Ctrl-C still stops)
                         message = one_line(err) or type(err).__name__
                         self.failures.append({"model": name, "task": task, "error": message})
                         if console is not None:
