@@ -97,6 +97,7 @@ def test_bad_config_from_the_command_line_is_one_line(tmp_path, override, fragme
         ("eval.py", "generation.max_new_tokens=0", "error: generation.max_new_tokens=0 is invalid"),
         ("train.py", "data.batch_size=1000000000000", "error: data.batch_size=1000000000000 is invalid"),
         ("eval.py", "generation.greedy=false generation.temperature=1e9", "error: generation.temperature=1000000000.0"),
+        ("eval.py", "harness.limit=0", "error: harness.limit=0 is invalid"),
     ],
 )
 def test_a_bad_value_stops_the_entry_before_torch_is_imported(tmp_path, script, override, error):

@@ -9,6 +9,8 @@
 - `judge`: the LLM judge (reference answers, pairwise verdicts in both orders) on `gad.api`
 - `length_control`: judge scores at comparable lengths
 - `report`: per-prompt JSONL, summary.csv/json, the printed table, the score-vs-length plot
+- `harness`, `harness_lm`, `harness_report`: lm-evaluation-harness tasks on the same loaded models (cached per
+  (model, task)), its model wrapper (the chat template and system-prompt policy), its table and files
 - `select`: checkpoint selection on a validation split
 - `evaluate`: the pipeline
 - `run`: the body of src/eval.py (evaluate, or select a checkpoint)

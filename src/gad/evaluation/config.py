@@ -23,6 +23,8 @@ METRICS = {
     "f1_mean": +1,
     "perplexity": -1,
 }
+# `select.metric` may also name a harness metric: harness:<task>:<metric>[,<filter>] (gad.evaluation.harness)
+HARNESS_METRIC = "harness:"
 
 
 @dataclass
@@ -37,10 +39,10 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         require(
-            self.metric == "auto" or self.metric in METRICS,
+            self.metric == "auto" or self.metric in METRICS or harness_metric(self.metric) is not None,
             "metric",
             self.metric,
-            f"must be auto or one of {', '.join(sorted(METRICS))}",
+            f"must be auto, one of {', '.join(sorted(METRICS))}, or harness:<task>:<metric> (e.g. harness:gsm8k:exact_match)",
         )
         require(
             self.max_length_ratio is None or self.max_length_ratio > 0,
@@ -126,6 +128,45 @@ class LengthControl:
         require(finite(self.high) and self.high >= 1, "high", self.high, "must be >= 1")
 
 
+def harness_metric(metric: str) -> tuple[str, str] | None:
+    """(task, metric) of `harness:<task>:<metric>`; None for any other text."""
+    if not metric.startswith(HARNESS_METRIC):
+        return None
+    task, _, name = metric[len(HARNESS_METRIC) :].partition(":")
+    return (task, name) if task and name else None
+
+
+CHAT_TEMPLATE_MODES = ("generative", "always", "never")  # which harness tasks see the model's chat template
+
+
+@dataclass
+class HarnessParams:
+    """`harness` in conf/eval.yaml (each key documented there): lm-evaluation-harness tasks beside the judge."""
+
+    tasks: list[str]
+    include_path: Optional[str]
+    limit: Optional[int]
+    num_fewshot: Optional[int]
+    batch_size: Optional[int]
+    chat_template: str
+    bootstrap_iters: int
+    log_samples: bool
+
+    def __post_init__(self) -> None:
+        for name in self.tasks:
+            require(bool(str(name).strip()), "tasks", self.tasks, "task names must not be empty")
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
+        require(self.num_fewshot is None or self.num_fewshot >= 0, "num_fewshot", self.num_fewshot, "must be >= 0")
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        require(
+            self.chat_template in CHAT_TEMPLATE_MODES,
+            "chat_template",
+            self.chat_template,
+            f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}",
+        )
+        require(self.bootstrap_iters >= 0, "bootstrap_iters", self.bootstrap_iters, "must be >= 0")
+
+
 def check(cfg: DictConfig) -> None:
     """Every knob group of the eval config against its dataclass: one `error:` line naming the key
     (prompt sets and models are checked as they are read, still before any model loads)."""
@@ -137,5 +178,7 @@ def check(cfg: DictConfig) -> None:
     typed(GenerationParams, cfg.generation, "generation")
     typed(PerplexityParams, cfg.perplexity, "perplexity")
     typed(LengthControl, cfg.length_control, "length_control")
+    if cfg.get("harness") is not None:
+        typed(HarnessParams, cfg.harness, "harness")
     if cfg.get("judge") is not None:
         api_key_from_env(typed(JudgeConfig, cfg.judge, "judge"), "judge")  # a missing key fails now, not mid-run

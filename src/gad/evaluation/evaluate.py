@@ -48,6 +48,7 @@ class Evaluation:
     judge: JudgeStats | None = None
     judge_model: str | None = None
     judge_cost: float | None = None  # USD for this run's judge tokens, at the configured prices
+    harness: Any = None  # gad.evaluation.harness.Harness: lm-evaluation-harness rows, samples, cache stats
 
     @property
     def incomplete(self) -> int:
@@ -73,6 +74,8 @@ def load_sets(cfg: DictConfig) -> list[PromptSet]:
     sets = _plain(cfg.get("prompt_sets"))
     if sets is None:
         sets = _plain(cfg.benchmark.get("prompt_sets"))
+    if isinstance(sets, Mapping) and not sets and (cfg.get("harness") or {}).get("tasks"):
+        return []  # harness tasks only (benchmark=harness)
     if not isinstance(sets, Mapping) or not sets:
         raise GADError("prompt_sets: name at least one prompt file, e.g. prompt_sets='{lmsys: data/lmsys/test.jsonl}'")
     return [load_set(name, spec, cfg.get("limit")) for name, spec in sets.items()]
@@ -87,7 +90,9 @@ def perplexity_params(cfg: DictConfig) -> PerplexityParams:
 
 
 # ------------------------------------------------------------------------------------------ score
-def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, console=None) -> Evaluation:
+def score(
+    models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, console=None, harness=None
+) -> Evaluation:
     gen, ppl = generation_params(cfg), perplexity_params(cfg)
     bounds = typed(LengthControl, cfg.length_control, "length_control")
     low, high = bounds.low, bounds.high
@@ -119,6 +124,8 @@ def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, 
                     _prompt_row(record, response, nll, n_tok, tokenizer)
                     for record, response, nll, n_tok in zip(pset.records, out.responses, out.nll, out.nll_tokens)
                 ]
+            if harness is not None:  # on the same loaded model (loaded only if a task is not cached)
+                harness.run_model(name, spec, tokenizer, runner._model, console=console if cfg.progress else None)
 
     judge_stats = None
     if judge is not None:
@@ -137,7 +144,9 @@ def score(models: dict[str, ModelSpec], sets: list[PromptSet], cfg: DictConfig, 
         cost = estimate_cost(
             judge_stats.tokens_in, judge_stats.tokens_out, judge.cfg.price_in_per_mtok, judge.cfg.price_out_per_mtok
         )
-    return Evaluation(models, sets, prompts, rows, cache, judge_stats, judge.cfg.model if judge else None, cost)
+    return Evaluation(
+        models, sets, prompts, rows, cache, judge_stats, judge.cfg.model if judge else None, cost, harness=harness
+    )
 
 
 def _prompt_row(record: dict, response: str, nll: float | None, nll_tokens: int | None, tokenizer) -> dict[str, Any]:

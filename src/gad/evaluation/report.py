@@ -101,11 +101,22 @@ def write_outputs(
         "length_control": OmegaConf.to_container(cfg.length_control, resolve=True),
         **(extra or {}),
     }
+    harness = getattr(evaluation, "harness", None)
+    if harness is not None:  # lm-evaluation-harness: harness.csv, harness/<task>/<model>.jsonl (harness_report)
+        from gad.evaluation.harness_report import write_harness
+
+        summary["harness"] = write_harness(harness, out_dir)
+        summary["cache"]["harness"] = harness.stats.as_dict()
     (out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, ensure_ascii=False) + "\n")
-    if cfg.get("plot", True):
+    if cfg.get("plot", True) and evaluation.rows:
         plot(evaluation.rows, out_dir / "score_vs_length.png")
-    print_table(evaluation.rows, title=title)
-    print_cache_line(summary["cache"])
+    if evaluation.rows:  # none with harness tasks only (benchmark=harness)
+        print_table(evaluation.rows, title=title)
+        print_cache_line(summary["cache"])
+    if harness is not None:
+        from gad.evaluation.harness_report import print_harness
+
+        print_harness(harness)
     print(f"outputs: {out_dir}")
     return summary
 

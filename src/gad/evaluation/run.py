@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, load_sets, resolve_models, score
+from gad.evaluation.harness import harness_for
 from gad.evaluation.report import write_outputs
 from gad.evaluation.select import select_checkpoint
 
@@ -26,12 +27,20 @@ def evaluate(cfg: DictConfig) -> int:
         return select_checkpoint(cfg, out_dir, console)
     models = resolve_models(cfg)
     sets = load_sets(cfg)
-    evaluation = score(models, sets, cfg, console)
+    harness = harness_for(cfg, models)  # task names and offline datasets checked before any model loads
+    evaluation = score(models, sets, cfg, console, harness=harness)
     write_outputs(evaluation, out_dir, cfg)
+    status = 0
+    if harness is not None and harness.failures:
+        console.print(
+            f"[yellow]{len(harness.failures)} harness (model, task) pairs failed (listed above and in "
+            "summary.json); re-run the same command to retry them[/yellow]"
+        )
+        status = EXIT_INCOMPLETE
     if evaluation.incomplete:
         console.print(
             f"[yellow]{evaluation.incomplete} prompts have no complete judge verdict (requests failed); "
             "re-run the same command to finish them[/yellow]"
         )
-        return EXIT_INCOMPLETE
-    return 0
+        status = EXIT_INCOMPLETE
+    return status

@@ -26,8 +26,9 @@ from omegaconf import DictConfig
 
 from gad.config.typed import typed
 from gad.errors import GADError
-from gad.evaluation.config import METRICS, SelectConfig
+from gad.evaluation.config import METRICS, SelectConfig, harness_metric
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
+from gad.evaluation.harness import harness_for
 from gad.evaluation.model_specs import CKPT, ModelSpec, fingerprint
 from gad.evaluation.sets import PromptSet, load_set
 
@@ -64,12 +65,15 @@ def _step(path: Path) -> int | None:
         return None
 
 
-def pick_best(rows: list[dict[str, Any]], metric: str, length_key: str, bound: float | None) -> dict[str, Any] | None:
+def pick_best(
+    rows: list[dict[str, Any]], metric: str, length_key: str, bound: float | None, sign: int | None = None
+) -> dict[str, Any] | None:
     """Mark each row `eligible` (metric defined, length ratio <= bound) and `best`; return the best row.
 
-    Best = the highest metric (lowest for perplexity) among eligible rows; ties go to the earlier step.
+    Best = the highest metric (lowest for perplexity; `sign` -1: lowest) among eligible rows; ties go to the
+    earlier step.
     """
-    sign = METRICS[metric]
+    sign = METRICS[metric] if sign is None else sign
     for r in rows:
         value, ratio = r.get(metric, math.nan), r.get(length_key, math.nan)
         r["eligible"] = not _nan(value) and (bound is None or (not _nan(ratio) and ratio <= bound))
@@ -108,8 +112,15 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
         spec = ModelSpec(name, str(path), CKPT, str(path.resolve()), run_dir=str(run_dir.resolve()))
         spec.fingerprint = fingerprint(spec)
         models[name] = spec
-    evaluation = score(models, [valset], cfg, console)
+    harness = harness_for(cfg, models)  # harness.tasks, and the task of a harness:<task>:<metric> to select by
+    evaluation = score(models, [valset], cfg, console, harness=harness)
     rows = evaluation.rows
+    picked = harness_metric(metric)
+    if picked:  # a harness metric: each checkpoint's value from its harness rows
+        for name, row in zip(models, rows):
+            row[metric] = harness.value(name, *picked)
+        if all(row[metric] is None for row in rows) and not harness.failures:
+            raise GADError(f"select.metric: {picked[0]} reported no metric '{picked[1]}' (see harness.csv)")
     if metric == "auto":
         if cfg.get("judge"):
             metric = "judge_score"
@@ -117,7 +128,7 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
             metric = "toy_accuracy"
         else:
             metric = "rougeL"
-    sign = METRICS[metric]
+    sign = (1 if harness.higher_is_better(*picked) else -1) if picked else METRICS[metric]
     length_key = "length_ratio" if valset.has_teacher else "judge_length_ratio"
     table_rows = [
         {
@@ -129,7 +140,7 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
         }
         for path, row in zip(ckpts, rows)
     ]
-    best = pick_best(table_rows, metric, length_key, bound)
+    best = pick_best(table_rows, metric, length_key, bound, sign)
     selection = {
         "run": str(run_dir.resolve()),
         "validation": valset.source,
@@ -154,7 +165,7 @@ def select_checkpoint(cfg: DictConfig, out_dir: Path, console) -> int:
         writer.writerows(table_rows)
     (out_dir / "selection.json").write_text(json.dumps(selection, indent=2, default=lambda v: None) + "\n")
     _print_selection(selection)
-    if evaluation.incomplete:
+    if evaluation.incomplete or (harness is not None and harness.failures):
         return EXIT_INCOMPLETE
     return 0
 
