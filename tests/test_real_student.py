@@ -113,6 +113,8 @@ def test_gad_resumed_in_the_adversarial_phase_ends_with_the_same_weights(gad_run
     try:
         a, b = state(gad_run / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
         assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)
+        # Bit-exact on purpose: the resumed and the uninterrupted run ran on this machine, the same ops in the
+        # same order from the same state; any difference is a resume bug, not rounding.
         assert not [k for k in a if not torch.equal(a[k], b[k])]
         assert [float(r["train/step"]) for r in steps(resumed)] == [3]
     finally:
@@ -180,7 +182,8 @@ def test_kd_with_smollm2_as_its_own_local_teacher(smollm2, dump, tmp_path):
     )
     rows = steps(run)
     assert len(rows) == 2 and all(math.isfinite(float(r["train/loss"])) for r in rows)
-    assert 0 <= float(rows[0]["train/kl"]) < 1e-4 and float(rows[0]["train/sft_loss"]) > 0
+    # The KL of two near-identical distributions is 0 up to float32 rounding, whose sign is the CPU's (-6e-8 seen).
+    assert -1e-6 <= float(rows[0]["train/kl"]) < 1e-4 and float(rows[0]["train/sft_loss"]) > 0
 
 
 def test_lora_on_both_networks(smollm2, dump, tmp_path):
