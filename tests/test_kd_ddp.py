@@ -23,7 +23,7 @@ BUILD_RACE = textwrap.dedent("""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if rank == 0:
         time.sleep(3)  # rank 1 reaches the build first (what once published a folder without weights)
-    config = OmegaConf.to_container(OmegaConf.load(sys.argv[4]).method.teacher.build.config)
+    config = OmegaConf.to_container(OmegaConf.load(sys.argv[4]).toy.teacher.build.config)
     recipe = {"data": f"{folder}/dump.jsonl", "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
               "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
     tok = load_tokenizer(sys.argv[5])
@@ -56,7 +56,7 @@ def test_two_ranks_building_the_toy_teacher_at_once_end_with_one_complete_folder
                 str(rank),
                 port,
                 str(tmp_path),
-                str(ROOT / "conf" / "scale" / "toy_kd.yaml"),
+                str(ROOT / "conf" / "method" / "kd.yaml"),
                 str(ROOT / "data" / "toy" / "tokenizer"),
             ],
             env=env,
@@ -84,7 +84,7 @@ def test_an_unfinished_teacher_folder_is_rebuilt_not_trusted(tmp_path):
     lines = (ROOT / "data" / "toy" / "train.jsonl").read_text().splitlines()[:40]
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
-    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "scale" / "toy_kd.yaml").method.teacher.build.config)
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / "kd.yaml").toy.teacher.build.config)
     recipe = {
         "data": str(tmp_path / "dump.jsonl"),
         "config": config,

@@ -11,13 +11,13 @@ import torch
 from omegaconf import OmegaConf
 
 from gad import kd_losses
+from gad.config.method import KDTeacherConfig, OptimizerConfig
 from gad.data.datamodule import DistillDataModule
 from gad.kd_teachers import build_teacher
 from gad.kd_teachers.local import listed_topk
 from gad.losses import masked_sum
 from gad.methods import SeqKDModule
 from gad.methods.kd import KDModule, at_tokens
-from gad.methods.optim import warmup_schedule
 from gad.models import load_student, load_tokenizer
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -196,10 +196,16 @@ def world(tmp_path_factory):
 def make(cls, tok, **kwargs):
     torch.manual_seed(1)  # the same student weights for every module
     student = load_student(config=TINY)
-    opt = lambda params: torch.optim.AdamW(params, lr=1e-3)  # noqa: E731
-    module = cls(
-        student, tok, generator_optimizer=opt, generator_scheduler=warmup_schedule, micro_batch_size=3, **kwargs
+    teacher = kwargs.pop("teacher", None)
+    kwargs.setdefault("max_tokens_per_micro_batch", None)  # the padded path unless a test packs
+    config = cls.Config(
+        _target_=f"gad.methods.{cls.__name__}",
+        generator_optimizer=OptimizerConfig(lr=1e-3),
+        micro_batch_size=3,
+        **({"teacher": KDTeacherConfig(**teacher)} if teacher is not None else {}),
+        **kwargs,
     )
+    module = cls(config, student, tok)
     module.manual_backward = lambda loss, *a, **k: loss.backward()  # no Trainer here
     return module
 

@@ -227,7 +227,7 @@ def test_a_pretrained_name_or_path_on_the_toy_preset_stops_with_one_line():
 
 def test_the_entry_point_stops_before_loading_weights(smollm2, tmp_path):
     proc = run_entry("train.py", f"model.student.name_or_path={smollm2}", f"paths.log_dir={tmp_path}")
-    assert_one_line_error(proc, "model.student.name_or_path", "conf/scale/toy_gad.yaml", "model=smollm2-135m")
+    assert_one_line_error(proc, "model.student.name_or_path", "conf/scale/tiny_toy.yaml", "model=smollm2-135m")
     assert not (tmp_path / "train").exists() or not list((tmp_path / "train").rglob("*.ckpt"))
 
 
@@ -255,7 +255,7 @@ def test_a_dump_gets_no_toy_callbacks_and_no_toy_sizes():
 def test_the_toy_world_keeps_its_sizes_and_callbacks():
     for method in ("gad", "kd", "seqkd"):
         cfg = composed(f"method={method}")
-        assert cfg.scale_preset == f"toy_{method}" and "toy_accuracy" in cfg.callbacks
+        assert cfg.scale_preset == "toy" and "toy_accuracy" in cfg.callbacks
         assert cfg.model.tokenizer.path is None and cfg.model.tokenizer.from_scratch.endswith("data/toy/tokenizer")
     assert composed().method.warmup_lr == 3e-3
 

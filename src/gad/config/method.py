@@ -1,28 +1,77 @@
-"""`method`: the typed definition of each method's config node.
+"""`method`: the one definition of each method's knobs: type, default, one-line help and rules.
 
-Each knob's default and its meaning are written once, next to each other, in the method's YAML
-file (conf/method/gad.yaml, kd.yaml, seqkd.yaml); here each key has its type and the rules a value
-must follow. `gad.config.validate` checks the composed `method` node against the dataclass its
-`_target_` names (METHODS) before anything loads.
+A method's dataclass (GADConfig, KDConfig, SeqKDConfig, or one a new method declares beside its module,
+docs/extending.md) is the single source of every knob: its type, its default (the paper's or the source
+document's), a one-line `help` and the rules a value must follow (`__post_init__`). The composed config
+starts from these defaults (gad.config.registry registers them with Hydra), conf/method/<name>.yaml says
+only what differs (with why), `gad.config.validate` checks the composed node against the dataclass before
+anything loads, and `gad.fit.build_module` hands the validated object to the method's module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from gad.config.typed import finite, require
+
+# The names of gad.losses.DISCRIMINATOR_LOSSES, here without importing torch (tests/test_config.py keeps
+# them in step), so a bad `method.d_loss` is refused before torch loads.
+DISCRIMINATOR_LOSS_NAMES = ("bt", "bce")
+
+
+def knob(default: Any, help: str) -> Any:
+    """A config field: its default and one line of help (a list or dict default is copied for each instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def nested(schema: type, help: str, **overrides: Any) -> Any:
+    """A field holding another config dataclass: `schema`'s defaults, less `overrides`. Its rules run when the
+    composed node is validated, not here (KD's teacher has no valid default path)."""
+
+    def build() -> Any:
+        obj = schema.__new__(schema)
+        for f in dataclasses.fields(schema):
+            value = overrides[f.name] if f.name in overrides else defaults(schema).get(f.name)
+            object.__setattr__(obj, f.name, value)
+        return obj
+
+    return field(default_factory=build, metadata={"help": help})
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    """Every knob of `schema` with its default, as plain values (the node Hydra composes from)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        if f.name == "_target_" and not value:
+            continue  # a method's `_target_`: named by its YAML file
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def help_of(schema: type, key: str) -> str:
+    """The one-line help of knob `key` of `schema` ("" if it has none)."""
+    return next((f.metadata.get("help", "") for f in dataclasses.fields(schema) if f.name == key), "")
 
 
 @dataclass
 class OptimizerConfig:
     """`method.generator_optimizer`, `method.discriminator_optimizer`: a partial torch optimizer."""
 
-    _target_: str
-    _partial_: bool
-    lr: float
-    betas: list[float]
-    weight_decay: float
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = knob(1.0e-6, "learning rate")
+    betas: list[float] = knob([0.9, 0.999], "AdamW's betas")
+    weight_decay: float = knob(0.0, "applied to matrices only, never to biases and norms")
 
     def __post_init__(self) -> None:
         require(self.lr > 0 and finite(self.lr), "lr", self.lr, "must be a finite number > 0")
@@ -34,10 +83,10 @@ class SchedulerConfig:
     """`method.*_scheduler`: gad.methods.optim.warmup_schedule, counted in updates (that network's optimizer
     steps; "steps" are method steps everywhere)."""
 
-    _target_: str
-    _partial_: bool
-    warmup_updates: int
-    total_updates: Optional[int]
+    _target_: str = "gad.methods.optim.warmup_schedule"
+    _partial_: bool = True
+    warmup_updates: int = knob(0, "linear LR warm-up, in updates (optimizer steps of this network)")
+    total_updates: Optional[int] = knob(None, "null: constant after warm-up; a number: linear decay to 0 at it")
 
     def __post_init__(self) -> None:
         require(self.warmup_updates >= 0, "warmup_updates", self.warmup_updates, "must be an integer >= 0")
@@ -50,17 +99,40 @@ class SchedulerConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What every method has: the student's optimisation and how a step's forwards are cut."""
+class RewardTerm:
+    """One term of `method.rewards`: a callable named by `_target_` (gad.rewards) and its weight."""
 
-    _target_: str
-    micro_batch_size: int
-    max_tokens_per_micro_batch: Optional[int]
-    generator_optimizer: OptimizerConfig
-    generator_scheduler: SchedulerConfig
-    generator_grad_clip: Optional[float]
-    seed: int
-    profile: bool
+    _target_: Optional[str] = knob(None, "module.function: (prompts, responses, metas) -> one float per response")
+    weight: float = knob(1.0, "the term's weight in the summed reward (before the group normalisation)")
+
+    def __post_init__(self) -> None:
+        require(finite(self.weight), "weight", self.weight, "must be a finite number")
+
+
+@dataclass
+class MethodConfig:
+    """What every method has: the student's optimisation and how a step's forwards are cut.
+
+    `target`: the module this config belongs to (gad.config.registry finds the project's own by it, before
+    torch loads; another method's config is its module class's `Config`)."""
+
+    target: ClassVar[str] = ""
+
+    _target_: str = ""
+    micro_batch_size: int = knob(8, "padded path: sequences per forward/backward chunk; gradients accumulate")
+    # Padding-free training forwards (docs/compute.md): each micro-batch packs whole sequences, real tokens only, up
+    # to this many (like verl's max token length per GPU; a longer sequence runs alone); micro_batch_size is then
+    # unused by training forwards. 14336 = 4 x (2048 + 1536), the memory of experiment=gad_qwen7b's padded
+    # micro-batches. null: the padded path, micro_batch_size rows at the batch's full width.
+    max_tokens_per_micro_batch: Optional[int] = knob(
+        14336, "padding-free micro-batches of this many real tokens; null: padded"
+    )
+    generator_optimizer: OptimizerConfig = nested(OptimizerConfig, "the student's optimizer (a torch partial)")
+    generator_scheduler: SchedulerConfig = nested(SchedulerConfig, "the student's LR schedule, in updates")
+    generator_grad_clip: Optional[float] = knob(0.2, "max global grad norm of the student (null: no clipping)")
+    seed: int = knob(0, "the run's seed (conf/method files set ${seed})")
+    profile: bool = knob(False, "time each part of the step (CUDA-synchronised) and log it as time/*")
+    toy: dict[str, Any] = knob({}, "the toy world's sizes of this method (conf/scale/tiny_toy.yaml merges them in)")
 
     def __post_init__(self) -> None:
         require(self.micro_batch_size >= 1, "micro_batch_size", self.micro_batch_size, "must be an integer >= 1")
@@ -82,10 +154,13 @@ class MethodConfig:
 class SamplingConfig(MethodConfig):
     """An on-policy method: it samples from the student (gad.rollout)."""
 
-    top_p: float
-    max_new_tokens: int
-    rollout_batch_size: int
-    rollout_segment_tokens: Optional[int]
+    top_p: float = knob(1.0, "rollout nucleus sampling (1.0 = off, as in the paper)")
+    max_new_tokens: int = knob(1536, "rollout length budget (conf/method files tie it to data.max_response_tokens)")
+    rollout_batch_size: int = knob(64, "sequences per generate() call")
+    # Decode in segments of this many tokens, dropping the rows that ended after each (docs/compute.md): the same
+    # sampling law, fewer decode steps on finished rows (docs/measured/padding.md). A cap <= 64 (the toy world's 24)
+    # is one segment: the same draws as null. null: one generate() per call, every row decoded until the longest ends.
+    rollout_segment_tokens: Optional[int] = knob(64, "decode in segments of this many tokens; null: one call")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,26 +177,39 @@ class SamplingConfig(MethodConfig):
 
 @dataclass
 class GADConfig(SamplingConfig):
-    """`method=gad` (conf/method/gad.yaml): gad.methods.GADModule."""
+    """`method=gad` (conf/method/gad.yaml): gad.methods.GADModule. Defaults: the paper's (Qwen2.5-7B, 8 GPUs)."""
 
-    temperature: float
-    num_samples: int
-    warmup_steps: int
-    d_only_steps: int
-    adversarial_steps: int
-    alpha: float
-    kl_coef: float
-    clip_ratio: float
-    d_loss: str
-    generator_warmup: bool
-    discriminator_warmup: bool
-    off_policy: bool
-    off_policy_d_steps: int
-    share_prompt: bool
-    warmup_lr: Optional[float]
-    discriminator_optimizer: OptimizerConfig
-    discriminator_scheduler: SchedulerConfig
-    discriminator_grad_clip: Optional[float]
+    target: ClassVar[str] = "gad.methods.GADModule"
+
+    temperature: float = knob(0.8, "rollout sampling temperature; the policy loss's log-probs use the same one")
+    num_samples: int = knob(8, "N responses sampled per prompt; GRPO advantages are normalised within these N")
+    warmup_steps: int = knob(800, "steps of warm-up (about one epoch in the paper): G on CE, D on Bradley-Terry")
+    d_only_steps: int = knob(10, "the first steps of warm-up train D only")
+    adversarial_steps: int = knob(1600, "steps of the adversarial phase after warm-up (2 epochs in the paper)")
+    alpha: float = knob(0.0, "weight of the teacher-CE term added to G's adversarial loss (0 = the paper)")
+    kl_coef: float = knob(0.001, "k3 KL to the reference (the student at the end of warm-up); 0 = no reference")
+    clip_ratio: float = knob(0.2, "PPO clip range; with one update per rollout the ratio is 1 and clipping is inactive")
+    d_loss: str = knob("bt", "bt: Bradley-Terry (the paper); bce: binary cross-entropy (its ablation)")
+    generator_warmup: bool = knob(True, "false: ablation without G warm-up (G idle until the adversarial phase)")
+    discriminator_warmup: bool = knob(True, "false: ablation without D warm-up (D idle until the adversarial phase)")
+    # The paper's off-policy ablation: after warm-up, D trains alone on the frozen student for off_policy_d_steps,
+    # then D is frozen and G trains against it.
+    off_policy: bool = knob(False, "true: the paper's off-policy ablation")
+    off_policy_d_steps: int = knob(0, "length of the off-policy ablation's D-only stretch (only with off_policy)")
+    # The rollout's prefill, and on the padded path D, G and the reference, run each prompt once per group, the
+    # responses once per sample (exact to float rounding); row by row where a network trains with gradient
+    # checkpointing or under FSDP, and for G and the reference where micro_batch_size < N.
+    share_prompt: bool = knob(True, "run each prompt's forward once per group of samples (gad.prompt_sharing)")
+    warmup_lr: Optional[float] = knob(
+        None, "G's learning rate during warm-up (its CE updates); null = generator_optimizer.lr"
+    )
+    # Reward terms summed (weighted) into the policy's reward before the group normalisation (gad.rewards,
+    # docs/extending.md); the discriminator's score is the term `discriminator`, weight 1 by default.
+    rewards: dict[str, RewardTerm] = knob({}, "extra reward terms: name -> {_target_, weight}")
+    discriminator_weight: float = knob(1.0, "the weight of the discriminator's score in the reward")
+    discriminator_optimizer: OptimizerConfig = nested(OptimizerConfig, "D's optimizer (the paper's lr, constant)")
+    discriminator_scheduler: SchedulerConfig = nested(SchedulerConfig, "D's LR schedule, in updates")
+    discriminator_grad_clip: Optional[float] = knob(0.2, "max global grad norm of D (null: no clipping)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,7 +241,12 @@ class GADConfig(SamplingConfig):
             self.clip_ratio,
             "must be a finite number > 0",
         )
-        require(self.d_loss in ("bt", "bce"), "d_loss", self.d_loss, "must be 'bt' or 'bce'")
+        require(
+            self.d_loss in DISCRIMINATOR_LOSS_NAMES,
+            "d_loss",
+            self.d_loss,
+            f"must be one of {', '.join(DISCRIMINATOR_LOSS_NAMES)}",
+        )
         require(
             self.warmup_lr is None or self.warmup_lr > 0 and finite(self.warmup_lr),
             "warmup_lr",
@@ -168,6 +261,25 @@ class GADConfig(SamplingConfig):
             self.discriminator_grad_clip,
             "must be null or a finite number > 0",
         )
+        require(
+            finite(self.discriminator_weight),
+            "discriminator_weight",
+            self.discriminator_weight,
+            "must be a finite number",
+        )
+        for name, term in self.rewards.items():
+            require(
+                bool(term._target_),
+                f"rewards.{name}._target_",
+                term._target_,
+                "name the reward function (module.function)",
+            )
+        require(
+            "discriminator" not in self.rewards,
+            "rewards.discriminator",
+            "...",
+            "is the discriminator's own term: set method.discriminator_weight",
+        )
 
 
 @dataclass
@@ -177,30 +289,39 @@ class KDTeacherConfig:
     local: path, tokenizer, top_k (null = full distributions), dtype, attn_implementation, build.
     api:   base_url, model, top_k (required), api_key_env, token_ids, max_tokens, request_batch_size,
            concurrency, timeout_s, max_retries, extra_body.
-    The other kind's keys may stay (conf/method/kd.yaml lists them all) and are ignored. The
-    defaults are kd.yaml's (documented there), for teachers built outside a composed config.
+    The other kind's keys may stay and are ignored.
     """
 
-    kind: str = "local"
-    path: Optional[str] = None
-    tokenizer: Optional[str] = None
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    build: Optional[dict[str, Any]] = None
-    top_k: Optional[int] = None
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    api_key_env: str = "VLLM_API_KEY"
-    token_ids: bool = True
-    max_tokens: int = 0
-    request_batch_size: int = 8
-    concurrency: int = 8
-    timeout_s: float = 120
-    max_retries: int = 3
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    kind: str = knob(
+        "local", "local: a Hugging Face model in this process; api: an OpenAI-compatible completions server"
+    )
+    path: Optional[str] = knob(None, "local: model folder or hub id (e.g. a larger model of the student's family)")
+    tokenizer: Optional[str] = knob(
+        None, "local: the teacher's tokenizer folder, compared with the student's (null: path)"
+    )
+    dtype: str = knob("float32", "local: teacher weights' dtype (float32 | bfloat16 | float16)")
+    attn_implementation: str = knob("sdpa", "local: eager | sdpa | flash_attention_2")
+    build: Optional[dict[str, Any]] = knob(
+        None, "local: a recipe (gad.toy.kd_teacher) that fits a teacher into `path` when missing"
+    )
+    top_k: Optional[int] = knob(
+        None, "log-probs per position: null = full distributions (local only); k = top-k + rest"
+    )
+    base_url: Optional[str] = knob(
+        "http://127.0.0.1:8000/v1", "api: the server's API root (vllm serve <teacher> --max-logprobs 20)"
+    )
+    model: Optional[str] = knob(None, "api: the served model name (null: the first one the server lists)")
+    api_key_env: str = knob("VLLM_API_KEY", "api: NAME of the environment variable with the key (unset: a placeholder)")
+    token_ids: bool = knob(True, "api: ask for tokens as token_id:<id> (vLLM); false maps token strings")
+    max_tokens: int = knob(0, "api: tokens generated after the echo (0: none; 1 for servers that refuse 0)")
+    request_batch_size: int = knob(8, "api: sequences per completions request")
+    concurrency: int = knob(8, "api: requests in flight at once")
+    timeout_s: float = knob(120, "api: per-attempt timeout, seconds")
+    max_retries: int = knob(3, "api: retries on 429/5xx/timeouts (the openai client's own layer)")
+    extra_body: dict[str, Any] = knob({}, "api: extra JSON fields merged into every request")
 
-    LOCAL = ("path", "tokenizer", "top_k", "dtype", "attn_implementation", "build")
-    API = (
+    LOCAL: ClassVar[tuple[str, ...]] = ("path", "tokenizer", "top_k", "dtype", "attn_implementation", "build")
+    API: ClassVar[tuple[str, ...]] = (
         "base_url",
         "model",
         "top_k",
@@ -262,16 +383,32 @@ class KDTeacherConfig:
 
 @dataclass
 class KDConfig(SamplingConfig):
-    """`method=kd` (conf/method/kd.yaml): gad.methods.KDModule."""
+    """`method=kd` (conf/method/kd.yaml): gad.methods.KDModule. Defaults: the second source document's."""
 
-    teacher: KDTeacherConfig
-    steps: int
-    alpha: float
-    alpha_warmup_steps: int
-    softening_temperature: float
-    on_policy: bool
-    rollout_temperature: float
-    samples_per_prompt: int
+    target: ClassVar[str] = "gad.methods.KDModule"
+
+    teacher: KDTeacherConfig = nested(
+        KDTeacherConfig, "the teacher that gives probabilities; `kind` picks which keys are read"
+    )
+    steps: int = knob(2400, "training steps (batches of prompts; the same budget as SeqKD and GAD)")
+    alpha: float = knob(0.5, "weight of CE on the teacher response; 1 - alpha weighs T^2 x KL (1: SeqKD, 0: pure KD)")
+    alpha_warmup_steps: int = knob(240, "alpha ramps linearly from 0 at step 0 to its target here (0 = constant)")
+    softening_temperature: float = knob(2.0, "T: both distributions are softened by it in the KL")
+    on_policy: bool = knob(True, "true: KL on sequences sampled from the student; false: on the teacher responses")
+    rollout_temperature: float = knob(1.0, "on-policy sampling temperature (1.0: the student's own distribution)")
+    samples_per_prompt: int = knob(1, "on-policy samples per prompt")
+    generator_optimizer: OptimizerConfig = nested(
+        OptimizerConfig,
+        "the document's lr range is 2e-5 .. 5e-5",
+        lr=2.0e-5,
+        weight_decay=0.01,
+    )
+    generator_scheduler: SchedulerConfig = nested(
+        SchedulerConfig,
+        "LR warm-up over 1.5% of `steps` (the document: 1-2%)",
+        warmup_updates=36,
+    )
+    generator_grad_clip: Optional[float] = knob(1.0, "max global grad norm (null: no clipping)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -295,17 +432,13 @@ class KDConfig(SamplingConfig):
 
 @dataclass
 class SeqKDConfig(MethodConfig):
-    """`method=seqkd` (conf/method/seqkd.yaml): gad.methods.SeqKDModule."""
+    """`method=seqkd` (conf/method/seqkd.yaml): gad.methods.SeqKDModule. Defaults: the paper's baseline."""
 
-    steps: int
+    target: ClassVar[str] = "gad.methods.SeqKDModule"
+
+    steps: int = knob(2400, "training steps (the same budget as GAD's warm-up + adversarial phases)")
+    generator_optimizer: OptimizerConfig = nested(OptimizerConfig, "the paper's SeqKD learning rate", lr=5.0e-6)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.steps >= 1, "steps", self.steps, "must be an integer >= 1")
-
-
-METHODS: dict[str, type[MethodConfig]] = {
-    "gad.methods.GADModule": GADConfig,
-    "gad.methods.KDModule": KDConfig,
-    "gad.methods.SeqKDModule": SeqKDConfig,
-}

@@ -29,7 +29,7 @@ from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: each row keeps its record's meta (JSON), for reward terms (gad.rewards)
 
 
 def load_cache(cached: Path) -> tuple[datasets.DatasetDict, dict[str, Any]] | None:
@@ -192,7 +192,8 @@ class DistillDataModule(L.LightningDataModule):
             response = response + [self.end_of_turn_id]
             if len(response) > self.max_response_tokens:
                 response, cut_responses = response[: self.max_response_tokens], cut_responses + 1
-            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response})
+            meta = json.dumps(record.get("meta") or {}, sort_keys=True)  # text: metas differ in shape across rows
+            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response, "meta": meta})
         stats.update(prompts_dropped_too_long=dropped, prompts_truncated=cut_prompts, responses_truncated=cut_responses)
         return out
 
@@ -253,6 +254,7 @@ class DistillDataModule(L.LightningDataModule):
             response_ids[i, : len(r)], response_mask[i, : len(r)] = torch.tensor(r), 1
         return {
             "ids": [r["id"] for r in rows],
+            "metas": [json.loads(r["meta"]) if r.get("meta") else {} for r in rows],  # for reward terms (gad.rewards)
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "response_ids": response_ids,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gad.config.method import MethodConfig
 from gad.config.model import LoraConfig
-from gad.config.typed import typed
 from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
 from gad.losses import masked_sum, token_logprobs
-from gad.methods.optim import NetworkOptim
+from gad.methods.optim import NetworkOptim, partial_of
 from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
@@ -53,35 +53,38 @@ class DistillModule(L.LightningModule):
     )
     last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
 
+    Config: type[MethodConfig] = MethodConfig  # the method's config dataclass (gad.config.registry reads it)
+
     def __init__(
         self,
+        config: MethodConfig,
         student: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        *,
-        generator_optimizer,
-        generator_scheduler,
-        generator_grad_clip: float | None,
-        micro_batch_size: int,
-        seed: int,
-        profile: bool = False,
-        lora: LoraConfig | Mapping[str, Any] | None = None,
-        max_tokens_per_micro_batch: int | None = None,
+        lora: LoraConfig | None = None,
     ):
+        """`config`: the method's validated config (gad.fit.build_module types the composed `method` node);
+        `lora`: the validated `model.lora` (None: all off, as in runs saved before it existed)."""
         super().__init__()
         self.automatic_optimization = False
-        # model.lora (absent from runs saved before it existed: all off); with .generator on, G trains adapters only
-        self.lora = lora if isinstance(lora, LoraConfig) else typed(LoraConfig, lora or {}, "model.lora")
+        self.config = config
+        # With model.lora.generator on, G trains adapters only
+        self.lora = lora if lora is not None else LoraConfig()
         student = apply_lora(student, self.lora, "generator")
         self.generator = student
         self.tokenizer = tokenizer
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size = config.micro_batch_size
         # Set: training forwards are padding-free, packed to this many real tokens (gad.packing);
         # micro_batch_size is then unused by them. None: micro_batch_size rows at the batch's width.
-        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
-        self.seed = seed
-        self.profile = profile
+        self.max_tokens_per_micro_batch = config.max_tokens_per_micro_batch
+        self.seed = config.seed
+        self.profile = config.profile
         self.networks: dict[str, NetworkOptim] = {
-            "generator": NetworkOptim(student, generator_optimizer, generator_scheduler, generator_grad_clip)
+            "generator": NetworkOptim(
+                student,
+                partial_of(config.generator_optimizer),
+                partial_of(config.generator_scheduler),
+                config.generator_grad_clip,
+            )
         }
         # Set by gad.distributed.TwoNetworkDDPStrategy: name -> that network in its own DDP wrapper.
         self.wrapped: dict[str, torch.nn.Module] = {}
@@ -108,6 +111,12 @@ class DistillModule(L.LightningModule):
         """(phase, train D?, train G?) for the next step, method step `completed_steps` + 1. Methods
         without phases (SeqKD, KD) train the student alone at every step."""
         return None, False, True
+
+    def phase_name(self) -> str:
+        """What the progress line calls the phase of the next step: "training" for a method without phases,
+        else its phase's `label` (a method's own phases: any objects with a `label` and a `code`)."""
+        phase = self.schedule()[0]
+        return "training" if phase is None else str(getattr(phase, "label", phase))
 
     def end_step(
         self,
