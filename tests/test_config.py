@@ -214,8 +214,8 @@ def test_a_method_yaml_says_only_what_differs_from_its_dataclass(name):
     its default unless the YAML or the toy sizes set it."""
     import dataclasses
 
-    from gad.config.method import defaults
     from gad.config.registry import config_class, method_files
+    from gad.config.typed import defaults
 
     path = method_files()[name]
     own = OmegaConf.to_container(OmegaConf.load(path))
@@ -250,3 +250,12 @@ def test_a_method_without_toy_sizes_is_refused_on_the_toy_world():
     cfg.method.toy = {}
     with pytest.raises(GADError, match=r"method\.toy: .* has no toy sizes"):
         validate(cfg)
+
+
+def test_the_toy_verifier_arm_composes_and_validates():
+    """conf/arm/verifier.yaml: GAD + the toy checker as a reward term (gad.rewards), a target gad.trust knows."""
+    from gad.trust import RECEIVED_TARGETS
+
+    cfg = composed("arm=verifier")
+    validate(cfg)
+    assert cfg.method.rewards.checker._target_ in RECEIVED_TARGETS

@@ -10,57 +10,13 @@ anything loads, and `gad.fit.build_module` hands the validated object to the met
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from gad.config.typed import finite, require
+from gad.config.typed import finite, knob, nested, require
 
-# The names of gad.losses.DISCRIMINATOR_LOSSES, here without importing torch (tests/test_config.py keeps
-# them in step), so a bad `method.d_loss` is refused before torch loads.
+# gad.losses.DISCRIMINATOR_LOSSES' names without torch: `method.d_loss` is checked before torch loads (a test agrees)
 DISCRIMINATOR_LOSS_NAMES = ("bt", "bce")
-
-
-def knob(default: Any, help: str) -> Any:
-    """A config field: its default and one line of help (a list or dict default is copied for each instance)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def nested(schema: type, help: str, **overrides: Any) -> Any:
-    """A field holding another config dataclass: `schema`'s defaults, less `overrides`. Its rules run when the
-    composed node is validated, not here (KD's teacher has no valid default path)."""
-
-    def build() -> Any:
-        obj = schema.__new__(schema)
-        for f in dataclasses.fields(schema):
-            value = overrides[f.name] if f.name in overrides else defaults(schema).get(f.name)
-            object.__setattr__(obj, f.name, value)
-        return obj
-
-    return field(default_factory=build, metadata={"help": help})
-
-
-def defaults(schema: type) -> dict[str, Any]:
-    """Every knob of `schema` with its default, as plain values (the node Hydra composes from)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(schema):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            continue
-        if f.name == "_target_" and not value:
-            continue  # a method's `_target_`: named by its YAML file
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return out
-
-
-def help_of(schema: type, key: str) -> str:
-    """The one-line help of knob `key` of `schema` ("" if it has none)."""
-    return next((f.metadata.get("help", "") for f in dataclasses.fields(schema) if f.name == key), "")
 
 
 @dataclass

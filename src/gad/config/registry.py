@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from gad.config.method import MethodConfig, defaults
+from gad.config.method import MethodConfig
+from gad.config.typed import defaults
 from gad.errors import GADError
 
 PLUGINS_ENV = "GAD_PLUGINS"

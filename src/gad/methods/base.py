@@ -20,13 +20,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gad.config.method import MethodConfig
 from gad.config.model import LoraConfig
-from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
+from gad.distributed import full_state_dict, full_tensor, is_sharded, shard
 from gad.losses import masked_sum, token_logprobs
 from gad.methods.optim import NetworkOptim, partial_of
 from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
-from gad.rollout import Rollout, sample
+from gad.rollout import HFSampler, Rollout, Sampler, rollout_from_rows
 from gad.step_record import Phase, Scores, StepRecord
 
 
@@ -52,6 +52,7 @@ class DistillModule(L.LightningModule):
         None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
     )
     last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
+    sampler: Sampler | None = None  # draws on-policy rollouts (gad.rollout.Sampler); set by `use_hf_sampler` or yours
 
     Config: type[MethodConfig] = MethodConfig  # the method's config dataclass (gad.config.registry reads it)
 
@@ -155,35 +156,43 @@ class DistillModule(L.LightningModule):
         self.timings = {}
         self.synced.clear()
 
+    def use_hf_sampler(self) -> None:
+        """The default sampler (gad.rollout.HFSampler) with this method's rollout settings: call it once those
+        (`rollout_batch_size`, `share_prompt`, `rollout_segment_tokens`) are set."""
+        self.sampler = HFSampler(
+            eos_ids=self.eos_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            micro_batch_size=self.rollout_batch_size,
+            share_prompt=self.share_prompt,
+            segment_tokens=self.rollout_segment_tokens,
+        )
+
     def rollout_seed(self) -> int:
         """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""
         return (self.seed * 1_000_003 + self.completed_steps) * 4096 + self.global_rank
 
     def rollout(self, batch: dict[str, Any]) -> Rollout:
-        """`self.num_samples` responses per prompt from the current student, seeded by `rollout_seed`.
-
-        On-policy methods set `self.num_samples`, `self.sampling` (a GenerationConfig) and
-        `self.rollout_batch_size`.
-        """
-        devices = [self.device] if self.device.type == "cuda" else []
-        with (
-            self.timed("rollout"),
-            torch.random.fork_rng(devices=devices),
-            gathered(self.generator, self.reshard_after_forward),
-        ):
-            torch.manual_seed(self.rollout_seed())
-            return sample(
-                self.generator,
+        """`self.num_samples` responses per prompt from the current student, drawn by `self.sampler`
+        (gad.rollout.Sampler) at `self.sampling`'s temperature, top-p and length, seeded by `rollout_seed`.
+        On-policy methods set all three (and `num_samples`)."""
+        with self.timed("rollout"):
+            self.sampler.sync_weights(self)
+            prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])]
+            rows = self.sampler.sample(
+                prompts,
+                num_samples=self.num_samples,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                max_new_tokens=self.sampling.max_new_tokens,
+                seed=self.rollout_seed(),
+            )
+            return rollout_from_rows(
                 batch["prompt_ids"],
                 batch["prompt_mask"],
-                num_samples=self.num_samples,
-                config=self.sampling,
-                eos_ids=torch.tensor(self.eos_ids),
-                micro_batch_size=self.rollout_batch_size,
-                # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded,
-                share_prompt=self.share_prompt,
-                segment_tokens=self.rollout_segment_tokens,
+                rows,
+                self.num_samples,
+                self.tokenizer.pad_token_id,
+                self.eos_ids,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)

@@ -89,6 +89,7 @@ class GADModule(DistillModule):
             temperature=c.temperature,
             top_p=c.top_p,
         )
+        self.use_hf_sampler()
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
         discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
         self.discriminator = discriminator

@@ -56,6 +56,7 @@ class KDModule(DistillModule):
             temperature=c.rollout_temperature,
             top_p=c.top_p,
         )
+        self.use_hf_sampler()
         # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
         self.needs_teacher = c.alpha < 1 or c.alpha_warmup_steps > 0
         self.teacher: Teacher | None = build_teacher(c.teacher) if self.needs_teacher else None
