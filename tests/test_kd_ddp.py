@@ -24,7 +24,7 @@ BUILD_RACE = textwrap.dedent("""
     if rank == 0:
         time.sleep(3)  # rank 1 reaches the build first (what once published a folder without weights)
     config = OmegaConf.to_container(OmegaConf.load(sys.argv[4]).toy.teacher.build.config)
-    recipe = {"data": f"{folder}/dump.jsonl", "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
+    recipe = {"_target_": "gad.toy.kd_teacher.ensure_teacher_model", "data": f"{folder}/dump.jsonl", "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
               "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
     tok = load_tokenizer(sys.argv[5])
     build_teacher({"kind": "local", "path": f"{folder}/teacher", "build": recipe}).setup(tok)

@@ -258,7 +258,7 @@ class KDTeacherConfig:
     dtype: str = knob("float32", "local: teacher weights' dtype (float32 | bfloat16 | float16)")
     attn_implementation: str = knob("sdpa", "local: eager | sdpa | flash_attention_2")
     build: Optional[dict[str, Any]] = knob(
-        None, "local: a recipe (gad.toy.kd_teacher) that fits a teacher into `path` when missing"
+        None, "local: a recipe that fits a teacher into `path` when missing (_target_: its builder; the toy world's)"
     )
     top_k: Optional[int] = knob(
         None, "log-probs per position: null = full distributions (local only); k = top-k + rest"
