@@ -28,7 +28,7 @@ from rich.text import Text
 from torchmetrics import Metric
 
 from gad.console import console
-from gad.methods.base import DistillModule
+from gad.step_record import TrainingModule
 
 # metric -> label, in display order; each is shown once the phase has logged it (the mean of its recent steps)
 WATCHED = {
@@ -142,7 +142,7 @@ class PlanProgressBar(ProgressBar):
             )
             self._progress.start()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_step
         if not self.is_enabled or record is None:
             return
