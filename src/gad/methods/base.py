@@ -91,10 +91,6 @@ class DistillModule(L.LightningModule):
         self.wrapped: dict[str, torch.nn.Module] = {}
         self.synced: set[str] = set()  # networks whose gradients went through their wrapper's all-reduce this step
         self.completed_steps = 0
-        # A frozen policy the loss compares with (GAD's KL reference) and whether it holds its final
-        # weights yet (GAD: the student at the end of warm-up); the checkpoint callback saves it once.
-        self.reference: torch.nn.Module | None = None
-        self.reference_ready = False
         self.reshard_after_forward = True  # under FSDP: the strategy's setting (configure_model)
         self.timings: dict[str, float] = {}
         self.val_nll = MeanMetric()

@@ -102,8 +102,8 @@ class GADModule(DistillModule):
         # Built now (weights copied in when warm-up ends) so a checkpoint always has the same keys.
         # A copy of the generator as built (with LoRA: frozen base + adapters), so its state dict
         # loads into the reference as is and gives the warmed-up policy.
-        self.reference = frozen_copy(self.generator) if c.kl_coef > 0 else None
-        self.reference_ready = False
+        self.reference: torch.nn.Module | None = frozen_copy(self.generator) if c.kl_coef > 0 else None
+        self.reference_ready = False  # holds the warmed-up policy yet (the checkpoint callback saves it once then)
         # method.rewards: imported when fitting starts (`setup`), never by reloading a run (gad.runs.load_module)
         self.discriminator_weight, self.reward_terms = c.discriminator_weight, []
 
