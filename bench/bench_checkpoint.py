@@ -97,13 +97,13 @@ def child(way: str, layers: int | None, folder: Path) -> dict:
     import lightning as L
     import torch
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
     from transformers import AutoModelForCausalLM
 
-    import gad.fit  # noqa: F401  (its warning filters)
     from gad.callbacks import StepCheckpoint
     from gad.checkpoint_io import AtomicCheckpointIO
+    from gad.fit import method_config  # (and its warning filters)
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     config, gguf = smollm2_config(layers)
@@ -128,7 +128,8 @@ def child(way: str, layers: int | None, folder: Path) -> dict:
     tokenizer = instantiate(cfg.model.tokenizer)  # the toy tokenizer: fewer tokens than the embedding
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     params = sum(p.numel() for p in student.parameters())
-    module = instantiate(cfg.method, student=student, tokenizer=tokenizer, lora=None)
+    config = method_config(cfg)
+    module = get_object(config._target_)(config, student, tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
 
     checkpoints = folder / "checkpoints"

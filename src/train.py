@@ -15,8 +15,7 @@ sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from gad.cli import start  # noqa: E402
-from gad.errors import run_cli  # noqa: E402
+from gad.cli import run_cli, start  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -49,9 +49,11 @@ def test_paper_hyperparameters_in_the_main_experiment():
 
 def test_default_run_is_the_toy_world_at_toy_scale():
     cfg = composed()
-    toy_scale = OmegaConf.load(ROOT / "conf" / "scale" / "toy_gad.yaml")
+    toy = OmegaConf.load(ROOT / "conf" / "method" / "gad.yaml").toy
     assert cfg.data.path.endswith("data/toy/train.jsonl") and cfg.model.student.name_or_path is None
-    assert cfg.method.warmup_steps == toy_scale.method.warmup_steps
+    assert (
+        cfg.method.warmup_steps == toy.warmup_steps and cfg.method.micro_batch_size == 80 and cfg.scale_preset == "toy"
+    )
     assert cfg.trainer.accelerator == "cpu"
 
 
@@ -234,3 +236,68 @@ def test_the_bounds_leave_real_values_alone():
     check_concerns(cfg)  # the typed checks (validate() also imports the _target_s: torch, seconds)
     bounds.check_step_tokens(cfg)
     assert bounds.fits({"batch_size": 512}, {"max_prompt_tokens": 2048, "max_response_tokens": 1536}) is None
+
+
+# ---------------------------------------------------------------- one definition per knob
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict) and key not in ("toy", "rewards", "build", "extra_body"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("name", ["gad", "kd", "seqkd"])
+def test_a_method_yaml_says_only_what_differs_from_its_dataclass(name):
+    """conf/method/<name>.yaml and its dataclass agree: every key it sets is a knob of the dataclass (also in its
+    `toy:` sizes), none restates a default, and the composed node holds exactly the dataclass's knobs, each at
+    its default unless the YAML or the toy sizes set it."""
+    import dataclasses
+
+    from gad.config.registry import config_class, method_files
+    from gad.config.typed import defaults
+
+    path = method_files()[name]
+    own = OmegaConf.to_container(OmegaConf.load(path))
+    schema = config_class(own["_target_"])
+    knobs = dict(_leaves(defaults(schema)))
+    set_here = {k: v for k, v in _leaves({k: v for k, v in own.items() if k not in ("defaults", "_target_")})}
+    toy = dict(_leaves(own.get("toy") or {}))
+    for key in {**set_here, **toy}:
+        if key == "toy" or key.startswith("teacher.build"):
+            continue
+        assert key in knobs, f"{path.name}: {key} is not a knob of {schema.__name__}"
+    for key, value in set_here.items():
+        if key != "toy":
+            assert value != knobs[key], f"{path.name}: {key}: {value} restates {schema.__name__}'s default"
+    composed_node = OmegaConf.to_container(composed(f"method={name}", "data=dump").method)  # no toy sizes
+    assert set(composed_node) == {f.name for f in dataclasses.fields(schema)}
+    for key, value in _leaves({k: v for k, v in composed_node.items() if k != "_target_"}):
+        if key not in set_here:
+            assert value == knobs[key], f"method.{key}={value} but {schema.__name__}'s default is {knobs[key]}"
+    assert all(f.metadata.get("help") for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+
+
+def test_d_loss_names_are_the_losses_that_exist():
+    from gad import losses
+    from gad.config.method import DISCRIMINATOR_LOSS_NAMES
+
+    assert set(DISCRIMINATOR_LOSS_NAMES) == set(losses.DISCRIMINATOR_LOSSES)
+
+
+def test_a_method_without_toy_sizes_is_refused_on_the_toy_world():
+    cfg = composed()
+    cfg.method.toy = {}
+    with pytest.raises(GADError, match=r"method\.toy: .* has no toy sizes"):
+        validate(cfg)
+
+
+def test_the_toy_verifier_arm_composes_and_validates():
+    """conf/arm/verifier.yaml: GAD + the toy checker as a reward term (gad.rewards), a target gad.trust knows."""
+    from gad.trust import RECEIVED_TARGETS
+
+    cfg = composed("arm=verifier")
+    validate(cfg)
+    assert cfg.method.rewards.checker._target_ in RECEIVED_TARGETS

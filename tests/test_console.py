@@ -121,6 +121,7 @@ def gad_schedule(**overrides) -> SimpleNamespace:
     )
     vars(module).update(overrides)
     module.schedule = lambda: GADModule.schedule(module)
+    module.phase_name = lambda: GADModule.phase_name(module)  # the method names its phases
     module.total_steps = module.warmup_steps + module.off_policy_d_steps + module.adversarial_steps
     return module
 
@@ -148,6 +149,7 @@ def test_plan_follows_the_methods_schedule(overrides, expected):
 def test_plan_line_of_a_method_without_phases():
     seqkd = SimpleNamespace(completed_steps=0, total_steps=50)
     seqkd.schedule = lambda: DistillModule.schedule(seqkd)  # the base class's: no phases
+    seqkd.phase_name = lambda: DistillModule.phase_name(seqkd)
     assert plan_line(seqkd) == "plan: 50 steps = training 50"
 
 

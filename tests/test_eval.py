@@ -436,7 +436,7 @@ def test_ngram_f1_hand_values():
 
 
 def test_length_control_hand_values():
-    assert lc.raw_score([6, 4], [4, 6]) == 50.0
+    assert lc.raw_score([6, 4], [4, 6]) == pytest.approx(50.0)
     assert lc.subset_score([9, 5, 1], [1, 5, 9], [2.0, 1.0, 0.9], 0.8, 1.25) == (30.0, 2)  # prompts 2 and 3: 6 / 20
     intercept, slope = lc.regression([40.0, 50.0, 60.0], [-1.0, 0.0, 1.0])
     assert (intercept, slope) == pytest.approx((50.0, 10.0))

@@ -41,6 +41,7 @@ def runs(tmp_path_factory):
 def test_ranks_end_with_identical_weights_but_sample_different_rollouts(runs, strategy):
     ranks = [json.loads((runs[strategy] / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    # Exact on purpose: every rank steps on the same all-reduced gradient, so replicas never differ by a bit
     assert ranks[0]["parameters"] == ranks[1]["parameters"]  # (under FSDP: the gathered weights)
     assert len(ranks[0]["rollouts"]) == len(ranks[1]["rollouts"]) == 6
     assert all(a != b for a, b in zip(ranks[0]["rollouts"], ranks[1]["rollouts"]))  # each rank its own prompts

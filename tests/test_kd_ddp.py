@@ -23,8 +23,8 @@ BUILD_RACE = textwrap.dedent("""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if rank == 0:
         time.sleep(3)  # rank 1 reaches the build first (what once published a folder without weights)
-    config = OmegaConf.to_container(OmegaConf.load(sys.argv[4]).method.teacher.build.config)
-    recipe = {"data": f"{folder}/dump.jsonl", "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
+    config = OmegaConf.to_container(OmegaConf.load(sys.argv[4]).toy.teacher.build.config)
+    recipe = {"_target_": "gad.toy.kd_teacher.ensure_teacher_model", "data": f"{folder}/dump.jsonl", "config": config, "steps": 2, "batch_size": 4, "lr": 1e-3,
               "max_prompt_tokens": 64, "max_response_tokens": 12, "seed": 0}
     tok = load_tokenizer(sys.argv[5])
     build_teacher({"kind": "local", "path": f"{folder}/teacher", "build": recipe}).setup(tok)
@@ -56,7 +56,7 @@ def test_two_ranks_building_the_toy_teacher_at_once_end_with_one_complete_folder
                 str(rank),
                 port,
                 str(tmp_path),
-                str(ROOT / "conf" / "scale" / "toy_kd.yaml"),
+                str(ROOT / "conf" / "method" / "kd.yaml"),
                 str(ROOT / "data" / "toy" / "tokenizer"),
             ],
             env=env,
@@ -84,7 +84,7 @@ def test_an_unfinished_teacher_folder_is_rebuilt_not_trusted(tmp_path):
     lines = (ROOT / "data" / "toy" / "train.jsonl").read_text().splitlines()[:40]
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     tok = load_tokenizer(str(ROOT / "data" / "toy" / "tokenizer"))
-    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "scale" / "toy_kd.yaml").method.teacher.build.config)
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / "kd.yaml").toy.teacher.build.config)
     recipe = {
         "data": str(tmp_path / "dump.jsonl"),
         "config": config,
@@ -154,7 +154,7 @@ def test_kd_ranks_end_with_identical_weights(kd_runs, variant):
     (run,) = (logs[variant] / "train" / "runs").iterdir()
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]  # exact: every rank steps on the same all-reduced gradient
     assert sum(text.count("[kd] fitting") for text in (out, err)) == 1  # the teacher was fitted by one rank only
 
 

@@ -176,6 +176,7 @@ def test_toy_teacher_is_fitted_once_and_its_recipe_checked(tmp_path):
     (tmp_path / "dump.jsonl").write_text("\n".join(lines) + "\n")
     config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").student.config)
     recipe = {
+        "_target_": "gad.toy.kd_teacher.ensure_teacher_model",
         "data": str(tmp_path / "dump.jsonl"),
         "config": config,
         "steps": 2,

@@ -71,7 +71,7 @@ def test_group_advantages_normalise_per_prompt_with_unbiased_std():
     adv = losses.group_advantages(r)
     std = math.sqrt(((1 - 2) ** 2 + 0 + (3 - 2) ** 2) / 2)  # unbiased: divide by N - 1
     assert adv[0].tolist() == pytest.approx([-1 / (std + 1e-6), 0.0, 1 / (std + 1e-6)], abs=1e-6)
-    assert adv[1].tolist() == [0.0, 0.0, 0.0]  # equal rewards: no signal, no NaN
+    assert adv[1].tolist() == [0.0, 0.0, 0.0]  # equal rewards: no signal, no NaN (integers: the mean is exact)
 
 
 def test_ppo_clip_loss_clips_only_in_the_advantage_direction():
@@ -97,4 +97,5 @@ def test_k3_kl_matches_formula_and_is_zero_at_equality():
     logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
     d = -1.5 + 1.0
     assert losses.k3_kl(logp, ref).tolist() == pytest.approx([math.exp(d) - d - 1, 0.0], abs=1e-7)
-    assert (losses.k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
+    # >= 0 in exact arithmetic; exp(d) - d - 1 for a tiny d rounds to a few float32 ulps either side of 0
+    assert (losses.k3_kl(torch.randn(100), torch.randn(100)) >= -1e-6).all()

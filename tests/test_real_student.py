@@ -113,6 +113,8 @@ def test_gad_resumed_in_the_adversarial_phase_ends_with_the_same_weights(gad_run
     try:
         a, b = state(gad_run / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
         assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)
+        # Bit-exact on purpose: the resumed and the uninterrupted run ran on this machine, the same ops in the
+        # same order from the same state; any difference is a resume bug, not rounding.
         assert not [k for k in a if not torch.equal(a[k], b[k])]
         assert [float(r["train/step"]) for r in steps(resumed)] == [3]
     finally:
@@ -180,7 +182,8 @@ def test_kd_with_smollm2_as_its_own_local_teacher(smollm2, dump, tmp_path):
     )
     rows = steps(run)
     assert len(rows) == 2 and all(math.isfinite(float(r["train/loss"])) for r in rows)
-    assert 0 <= float(rows[0]["train/kl"]) < 1e-4 and float(rows[0]["train/sft_loss"]) > 0
+    # The KL of two near-identical distributions is 0 up to float32 rounding, whose sign is the CPU's (-6e-8 seen).
+    assert -1e-6 <= float(rows[0]["train/kl"]) < 1e-4 and float(rows[0]["train/sft_loss"]) > 0
 
 
 def test_lora_on_both_networks(smollm2, dump, tmp_path):
@@ -224,7 +227,7 @@ def test_a_pretrained_name_or_path_on_the_toy_preset_stops_with_one_line():
 
 def test_the_entry_point_stops_before_loading_weights(smollm2, tmp_path):
     proc = run_entry("train.py", f"model.student.name_or_path={smollm2}", f"paths.log_dir={tmp_path}")
-    assert_one_line_error(proc, "model.student.name_or_path", "conf/scale/toy_gad.yaml", "model=smollm2-135m")
+    assert_one_line_error(proc, "model.student.name_or_path", "conf/scale/tiny_toy.yaml", "model=smollm2-135m")
     assert not (tmp_path / "train").exists() or not list((tmp_path / "train").rglob("*.ckpt"))
 
 
@@ -252,7 +255,7 @@ def test_a_dump_gets_no_toy_callbacks_and_no_toy_sizes():
 def test_the_toy_world_keeps_its_sizes_and_callbacks():
     for method in ("gad", "kd", "seqkd"):
         cfg = composed(f"method={method}")
-        assert cfg.scale_preset == f"toy_{method}" and "toy_accuracy" in cfg.callbacks
+        assert cfg.scale_preset == "toy" and "toy_accuracy" in cfg.callbacks
         assert cfg.model.tokenizer.path is None and cfg.model.tokenizer.from_scratch.endswith("data/toy/tokenizer")
     assert composed().method.warmup_lr == 3e-3
 

@@ -51,6 +51,8 @@ def model():
 def test_greedy_segments_give_the_single_calls_tokens(model, segment, share):
     old, new = rollout(model, None, greedy=True, share=share), rollout(model, segment, greedy=True, share=share)
     assert len(set(old.lengths.tolist())) > 2  # rows end at different steps: some leave early
+    # Exact tokens: greedy picks the argmax, and initializer_range=0.5 spreads the logits far wider than the
+    # rounding that separates the segmented forwards (fewer rows per matmul) from the single call's.
     assert torch.equal(new.response_mask, old.response_mask)
     assert torch.equal(new.response_ids * new.response_mask, old.response_ids * old.response_mask)
 
@@ -59,7 +61,7 @@ def test_sampling_is_a_function_of_the_seed(model):
     a, b, c = rollout(model, 3), rollout(model, 3), rollout(model, 3, seed=2)
     assert torch.equal(a.response_ids, b.response_ids) and not torch.equal(a.response_ids, c.response_ids)
     assert torch.equal(a.response_mask, response_mask(a.response_ids, torch.tensor(EOS)))
-    # one segment as long as the cap is the single call: the same draws, bit for bit
+    # one segment as long as the cap is the single call: the same ops and draws, bit for bit on this machine
     assert torch.equal(rollout(model, 24).response_ids, rollout(model, None).response_ids)
 
 

@@ -36,6 +36,8 @@ def saved_step(run) -> int:
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
+    """Bit-exact on purpose: both runs ran on this machine, the same ops in the same order from the same state
+    (rollouts seeded by step and rank), so any difference is a resume bug, not rounding."""
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different

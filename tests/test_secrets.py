@@ -186,7 +186,7 @@ def test_a_url_with_credentials_is_refused_by_the_typed_config_too(where):
     aiohttp client used to end in a traceback on such a URL)."""
     from omegaconf import OmegaConf
 
-    from gad.config.method import KDTeacherConfig
+    from gad.config.kd_teacher import KDTeacherConfig
     from gad.config.typed import typed
     from gad.teacher_data.collect.config import TeacherConfig
 

@@ -104,6 +104,7 @@ def test_resume_ends_with_the_same_parameters(run, tmp_path, resume_at):
     )
     a, b = state(run / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
+    # Bit-exact on purpose: both runs ran on this machine, the same ops in the same order from the same state.
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different
     steps = [float(r["train/step"]) for r in csv.DictReader(open(resumed / "metrics.csv")) if r.get("train/step")]

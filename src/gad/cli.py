@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import re
 import signal
 import sys
 from typing import Any
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import gad.run_folder  # noqa: F401  # the ${gad.run_id:} resolver of run folder names (conf/hydra/default.yaml)
-from gad.errors import exit_on_interrupt, exit_on_user_error
+from gad.config.renamed import renamed_to
+from gad.errors import (
+    EXIT_USER_ERROR,
+    GADError,
+    exit_on_interrupt,
+    exit_on_user_error,
+    one_line,
+    refuse_secrets,
+    user_error,
+)
 
 
 @contextlib.contextmanager
@@ -75,3 +88,35 @@ def start(
 def _function(name: str) -> Any:
     module, function = name.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def run_cli(main) -> None:
+    """Run a `@hydra.main` function so that config mistakes also end in one line and exit 2.
+
+    Hydra prints its own composition errors (an unknown override key, a missing config
+    option) over several lines; with HYDRA_FULL_ERROR set it raises them instead, and they
+    are condensed here. Other exceptions are bugs and keep their full traceback.
+    """
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides into .hydra/
+    except GADError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    try:
+        main()
+    except Exception as err:
+        found = user_error(err)
+        if found is not None:  # a failed sweep job: each job's own error line was printed as it ran
+            print(f"error: a sweep job failed: {one_line(found)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+        if not isinstance(err, (HydraException, OmegaConfBaseException)):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = err.__cause__
+        detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        overridden = re.match(r"Could not override '([\w.]+)'", first)
+        if overridden and (new := renamed_to(overridden.group(1))):
+            detail += f"; it was renamed {new}"
+        print(f"error: {one_line(first + detail)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

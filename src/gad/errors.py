@@ -8,7 +8,6 @@ downloaded) raises `GADError` with a message that names *what* is wrong and *whe
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -78,43 +77,6 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def run_cli(main) -> None:
-    """Run a `@hydra.main` function so that config mistakes also end in one line and exit 2.
-
-    Hydra prints its own composition errors (an unknown override key, a missing config
-    option) over several lines; with HYDRA_FULL_ERROR set it raises them instead, and they
-    are condensed here. Other exceptions are bugs and keep their full traceback.
-    """
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from gad.config.renamed import renamed_to
-
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    try:
-        refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides into .hydra/
-    except GADError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USER_ERROR)
-    try:
-        main()
-    except Exception as err:
-        found = user_error(err)
-        if found is not None:  # a failed sweep job: each job's own error line was printed as it ran
-            print(f"error: a sweep job failed: {one_line(found)}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
-        if not isinstance(err, (HydraException, OmegaConfBaseException)):
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        cause = err.__cause__
-        detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
-        overridden = re.match(r"Could not override '([\w.]+)'", first)
-        if overridden and (new := renamed_to(overridden.group(1))):
-            detail += f"; it was renamed {new}"
-        print(f"error: {one_line(first + detail)}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USER_ERROR)
 
 
 # ------------------------------------------------------------------------------------- secrets

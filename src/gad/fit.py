@@ -10,12 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gad.checkpoint_io import AtomicCheckpointIO, restore_reference
+from gad.config.method import MethodConfig
+from gad.config.model import LoraConfig
+from gad.config.registry import config_class
+from gad.config.typed import typed
 from gad.data.datamodule import DistillDataModule
 from gad.distributed import TwoNetworkFSDPStrategy, finish_distributed
 from gad.errors import GADError
@@ -30,16 +34,24 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
 
 
+def method_config(cfg: DictConfig) -> MethodConfig:
+    """The composed `method` node as its validated config dataclass (gad.config.registry finds which)."""
+    return typed(config_class(str(cfg.method._target_)), cfg.method, "method")
+
+
 def build_module(cfg: DictConfig, tokenizer=None) -> L.LightningModule:
-    """The method's LightningModule around a freshly loaded (or, from `config`, initialised) student."""
+    """The method's LightningModule around a freshly loaded (or, from `config`, initialised) student: the module
+    receives the validated config (`method_config`) and the validated `model.lora`."""
+    config = method_config(cfg)
+    # model.lora (absent from runs saved before it existed: LoRA off) is applied by the method,
+    # which knows which networks copy the plain student before the generator gets adapters.
+    lora = typed(LoraConfig, cfg.model.get("lora") or {}, "model.lora")
     tokenizer = tokenizer if tokenizer is not None else instantiate(cfg.model.tokenizer)
     student = instantiate(cfg.model.student)
     rows = student.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise GADError(f"model: the tokenizer has {len(tokenizer)} tokens but the student's embedding only {rows}")
-    # model.lora (absent from runs saved before it existed: LoRA off) is applied by the method,
-    # which knows which networks copy the plain student before the generator gets adapters.
-    return instantiate(cfg.method, student=student, tokenizer=tokenizer, lora=cfg.model.get("lora"))
+    return get_object(config._target_)(config, student, tokenizer, lora)
 
 
 class StopAtStep(L.Callback):

@@ -1,5 +1,8 @@
 """Sampling from the student: on-policy rollouts for training, greedy decoding for evaluation.
 
+A method's rollout goes through a `Sampler` (the small, stable seam below): `HFSampler`, transformers'
+`generate` on the live student, is the default; another engine (e.g. vLLM) implements the same two calls.
+
 The policy gradient is only correct if the samples come from exactly softmax(logits / T).
 transformers 5 fills every generation field left unset from the model's own
 `generation_config` (Qwen2.5-Instruct ships top_k=20, top_p=0.8, repetition_penalty=1.05),
@@ -10,11 +13,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
 from transformers import GenerationConfig, PreTrainedModel
 
+from gad.distributed import gathered
 from gad.losses import response_mask
 from gad.prompt_sharing import prompt_cache
 
@@ -66,6 +71,7 @@ class Rollout:
     response_ids: torch.Tensor  # [B*N, R]
     response_mask: torch.Tensor  # [B*N, R] 1 up to and including the first eos
     num_samples: int
+    sampler_logprobs: torch.Tensor | None = None  # [B*N, R] the sampler's own log-probs of the tokens, if it gave them
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -78,6 +84,147 @@ class Rollout:
     @property
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------- the seam
+@dataclass
+class SampledRows:
+    """What a `Sampler` returns for P prompts and N samples each: P x N rows, prompt-major (row i answers prompt
+    i // N). `response_ids[i]`: the sampled tokens up to and including the first end-of-sequence token, or
+    `max_new_tokens` of them; `logprobs[i]` (optional): the sampler's log-probability of each of those tokens."""
+
+    response_ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Draws a rollout's responses (`DistillModule.rollout`). Two calls, kept small and stable:
+
+    - `sync_weights(module)`: called before each rollout with the method's module (a `DistillModule`; its
+      `generator` holds the current weights). A sampler with its own copy of the weights (an inference engine)
+      loads them here; `HFSampler` samples from the live network and only notes which one.
+    - `sample(prompt_ids, *, num_samples, temperature, top_p, max_new_tokens, seed)`: `prompt_ids` are the
+      prompts' token ids, chat template applied, no padding. Each token must be drawn from exactly
+      softmax(logits / temperature), nucleus-cut at `top_p` (1.0: off), with no other warper (the policy
+      gradient's log-probs assume it); sampling stops at the student's end-of-sequence tokens or after
+      `max_new_tokens`. The samples are a function of `seed` (the same seed, the same weights: the same rows),
+      so a resumed run samples what an uninterrupted one did.
+    """
+
+    def sync_weights(self, module: Any) -> None: ...
+
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        num_samples: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> SampledRows: ...
+
+
+class HFSampler:
+    """The default `Sampler`: transformers' `generate` on the live student (`sample` below): neutral warpers,
+    `micro_batch_size` sequences per call, each prompt's prefill once per group with `share_prompt`, decoding
+    in segments of `segment_tokens`; under FSDP every rank steps together (`synced_gpus`)."""
+
+    def __init__(
+        self,
+        *,
+        eos_ids: list[int],
+        pad_id: int,
+        micro_batch_size: int,
+        share_prompt: bool = False,
+        segment_tokens: int | None = None,
+    ):
+        self.eos_ids, self.pad_id, self.micro_batch_size = eos_ids, pad_id, micro_batch_size
+        self.share_prompt, self.segment_tokens = share_prompt, segment_tokens
+        self.module: Any = None
+
+    def sync_weights(self, module: Any) -> None:
+        self.module = module  # nothing to copy: `sample` runs the module's generator as it stands
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        num_samples: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> SampledRows:
+        assert self.module is not None, "sync_weights(module) first"
+        model = self.module.generator
+        ids, mask = left_pad(prompt_ids, self.pad_id, model.device)
+        config = generation_config(
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        devices = [ids.device] if ids.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), gathered(model, self.module.reshard_after_forward):
+            torch.manual_seed(seed)
+            rollout = sample(
+                model,
+                ids,
+                mask,
+                num_samples=num_samples,
+                config=config,
+                eos_ids=torch.tensor(self.eos_ids),
+                micro_batch_size=self.micro_batch_size,
+                # Sharded, every forward is a collective: ranks that finish early keep stepping.
+                synced_gpus=self.module.sharded,
+                share_prompt=self.share_prompt,
+                segment_tokens=self.segment_tokens,
+            )
+        return SampledRows([row[:n].tolist() for row, n in zip(rollout.response_ids, rollout.lengths.tolist())])
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as left-padded ids and mask [len(rows), longest] (the layout of a batch's prompts)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :], mask[i, width - len(row) :] = torch.tensor(row, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def rollout_from_rows(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    rows: SampledRows,
+    num_samples: int,
+    pad_id: int,
+    eos_ids: list[int],
+) -> Rollout:
+    """A sampler's rows as a `Rollout` of the batch's prompts ([B, P] each): prompts repeated per sample, responses
+    right-padded with `pad_id` to the longest (at least one column), masks up to and including the first eos."""
+    width = max(1, max(len(r) for r in rows.response_ids))
+    responses = prompt_ids.new_full((len(rows.response_ids), width), pad_id)
+    logprobs = None if rows.logprobs is None else torch.zeros(responses.shape, device=responses.device)
+    for i, row in enumerate(rows.response_ids):
+        responses[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        if logprobs is not None:
+            logprobs[i, : len(row)] = torch.tensor(rows.logprobs[i], dtype=torch.float32)
+    eos = torch.tensor(eos_ids, device=responses.device)
+    return Rollout(
+        prompt_ids.repeat_interleave(num_samples, dim=0),
+        prompt_mask.repeat_interleave(num_samples, dim=0),
+        responses,
+        response_mask(responses, eos),
+        num_samples,
+        logprobs,
+    )
 
 
 @torch.no_grad()

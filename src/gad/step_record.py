@@ -1,4 +1,5 @@
-"""What a training step hands to the callbacks: its `Phase` and a `StepRecord`.
+"""What a training step hands to the callbacks: its `Phase`, a `StepRecord`, and the `TrainingModule` protocol
+(what callbacks may read from a method's module).
 
 Every method's `training_step` ends in `DistillModule.end_step`, which logs the step's metrics and
 sets `module.last_step` to the step's `StepRecord`; callbacks read that in `on_train_batch_end`
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # only annotations: the analysis reads `Phase` without importing torch
     import torch
@@ -52,3 +54,21 @@ class StepRecord:
     batch: dict[str, Any]  # the batch of prompts and teacher responses it trained on
     rollout: Rollout | None = None  # GAD's samples from the student (None for SeqKD and KD)
     scores: Scores | None = None  # D's scores of the teacher responses and the samples (GAD)
+
+
+class TrainingModule(Protocol):
+    """What the callbacks (gad.callbacks, gad.toy.accuracy) read from a method's module: every
+    `gad.methods.DistillModule` is one. Callbacks type against this, not against the module's internals."""
+
+    completed_steps: int  # method steps done (restored on resume)
+    last_step: StepRecord | None  # the step just completed (set by `end_step`)
+    generator: Any  # the student network (a transformers causal LM)
+    tokenizer: Any  # the student's tokenizer
+    eos_ids: list[int]  # the tokens that end a response
+
+    @property
+    def total_steps(self) -> int: ...  # the method's planned steps
+
+    def phase_name(self) -> str: ...  # what the progress line calls the next step's phase
+
+    def export_student(self, directory: str | Path) -> Path: ...  # the student as a Hugging Face folder

@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from gad.config.registry import RegisteredTargets, received_targets
 from gad.errors import GADError
 
 # Types a checkpoint may hold beyond tensors and plain Python values, for
@@ -35,19 +36,10 @@ SAFE_GLOBALS: list[Any] = []
 # Sections of a received config that loading a run instantiates (gad.fit.build_module,
 # gad.evaluation.model_specs, gad.analysis.scoring); nothing instantiates the others from a run folder.
 RECEIVED_SECTIONS = ("model", "method", "data")
-# Every `_target_` the project's conf/{model,method,data} use (tests/test_trust_loading.py keeps this in step).
-RECEIVED_TARGETS = frozenset(
-    {
-        "gad.models.load_student",
-        "gad.models.load_tokenizer",
-        "gad.methods.GADModule",
-        "gad.methods.KDModule",
-        "gad.methods.SeqKDModule",
-        "gad.methods.optim.warmup_schedule",
-        "gad.data.DistillDataModule",
-        "torch.optim.AdamW",
-    }
-)
+# Every `_target_` the project's conf/ (and each GAD_PLUGINS folder's) puts in those sections, the defaults of the
+# project's method configs, and anything defined in a plugin folder's own modules: derived by
+# gad.config.registry from what exists, never kept by hand (tests/test_trust_loading.py checks it covers conf/).
+RECEIVED_TARGETS = RegisteredTargets(received_targets())
 
 ADVICE = "load only files from people you trust, or ask for the exported student/ folder (safetensors)"
 

@@ -70,7 +70,10 @@ class StepCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
         # Per-rank shards (FSDP save_distributed_checkpoint) load into the whole module: keep them complete.
-        if pl_module.reference is None or getattr(trainer.strategy, "_save_distributed_checkpoint", False):
+        # A frozen policy the method keeps (GAD's KL reference, `GADModule.reference`), if any
+        if getattr(pl_module, "reference", None) is None or getattr(
+            trainer.strategy, "_save_distributed_checkpoint", False
+        ):
             return
         reference = {k: state.pop(k) for k in [k for k in state if k.startswith(REFERENCE_PREFIX)]}
         if not pl_module.reference_ready:

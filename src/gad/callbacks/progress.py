@@ -28,8 +28,7 @@ from rich.text import Text
 from torchmetrics import Metric
 
 from gad.console import console
-from gad.methods.base import DistillModule
-from gad.step_record import Phase
+from gad.step_record import TrainingModule
 
 # metric -> label, in display order; each is shown once the phase has logged it (the mean of its recent steps)
 WATCHED = {
@@ -53,17 +52,10 @@ def _at_step(module: L.LightningModule, step: int) -> Iterator[None]:
 
 
 def phase_label(module: L.LightningModule, step: int | None = None) -> str:
-    """The phase that method step `step` + 1 trains (default: the next step to run), from the method's
-    `schedule()`; "training" for methods without phases (SeqKD, KD)."""
+    """The phase that method step `step` + 1 trains (default: the next step to run), as the method names it
+    (`DistillModule.phase_name`: "training" for methods without phases, SeqKD and KD)."""
     with _at_step(module, module.completed_steps if step is None else step):
-        phase, train_d, train_g = module.schedule()
-    if phase is None:
-        return "training"
-    if phase is Phase.ADVERSARIAL:
-        return "adversarial"
-    if phase is Phase.D_ON_FROZEN_G:
-        return "D on frozen G"
-    return {(True, False): "warm-up, D only", (False, True): "warm-up, G only"}.get((train_d, train_g), "warm-up")
+        return module.phase_name()
 
 
 def plan(module: L.LightningModule) -> list[tuple[str, int]]:
@@ -150,7 +142,7 @@ class PlanProgressBar(ProgressBar):
             )
             self._progress.start()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_step
         if not self.is_enabled or record is None:
             return

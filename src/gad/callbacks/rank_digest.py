@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 
 from gad.distributed import full_tensor
-from gad.methods.base import DistillModule
+from gad.step_record import TrainingModule
 
 
 def tensor_digest(tensors) -> str:
@@ -28,7 +28,7 @@ class RankDigest(L.Callback):
         self.dir = Path(dirpath) / "ranks"
         self.rollouts: list[str] = []
 
-    def on_train_batch_end(self, trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_step
         if record is not None and record.rollout is not None:
             self.rollouts.append(tensor_digest([record.rollout.response_ids]))

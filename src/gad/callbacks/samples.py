@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from gad.methods.base import DistillModule
+from gad.step_record import TrainingModule
 from gad.trackers import log_rollouts
 
 
@@ -24,7 +24,7 @@ class RolloutSamples(L.Callback):
         self.path = Path(dirpath) / "rollouts.jsonl"
         self.every_n_steps, self.max_prompts = every_n_steps, max_prompts
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_step
         if record is None or record.scores is None or not trainer.is_global_zero or record.step % self.every_n_steps:
             return  # only GAD's steps have D scores of samples

@@ -11,8 +11,7 @@ import lightning as L
 from rich.table import Table
 
 from gad.console import console
-from gad.methods.base import DistillModule
-from gad.step_record import Phase
+from gad.step_record import Phase, TrainingModule
 
 COLUMNS = {  # metric -> column title (short: the table must fit an 80-column terminal)
     "train/d_acc": "D acc",
@@ -48,7 +47,7 @@ class RunSummary(L.Callback):
     def add_result(self, name: str, **values: float) -> None:
         self.results.setdefault(name, {}).update(values)
 
-    def on_train_batch_end(self, trainer, pl_module: DistillModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_step
         if record is not None:
             self.history[record.phase].append({k: v for k, v in record.metrics.items() if k in COLUMNS})

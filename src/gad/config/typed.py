@@ -1,9 +1,9 @@
 """Typed configs: one dataclass per concern, validated once, before anything loads.
 
 A concern's dataclass (e.g. `gad.config.method.GADConfig`) names every key of its config node
-with a type; its defaults and their documentation live next to each other in the YAML file that
-configures it (conf/method/gad.yaml for GAD), so each knob is documented once. `typed` turns a
-composed node into an instance:
+with a type; a method's dataclass also holds each knob's default and one-line help (`knob`, `nested`),
+which the composed config starts from (`defaults`; gad.config.registry). `typed` turns a composed node
+into an instance:
 
 - OmegaConf checks each value against its field's type (an int for an `int`, a finite-or-not
   float for a `float`, ...) and refuses keys the dataclass does not declare;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import field
 from typing import Any, TypeVar, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -76,6 +77,44 @@ def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
     except OmegaConfBaseException as err:  # an interpolation that does not resolve, ...
         where = f"{prefix}{err.full_key}" if getattr(err, "full_key", None) else key
         raise GADError(f"{where}: {' '.join(str(err).splitlines()[0].split())}") from None
+
+
+# ------------------------------------------------------------------ defining knobs
+def knob(default: Any, help: str) -> Any:
+    """A config field: its default and one line of help (a list or dict default is copied for each instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def nested(schema: type, help: str, **overrides: Any) -> Any:
+    """A field holding another config dataclass: `schema`'s defaults, less `overrides`. Its rules run when the
+    composed node is validated, not here (KD's teacher has no valid default path)."""
+
+    def build() -> Any:
+        obj = schema.__new__(schema)
+        for f in dataclasses.fields(schema):
+            value = overrides[f.name] if f.name in overrides else defaults(schema).get(f.name)
+            object.__setattr__(obj, f.name, value)
+        return obj
+
+    return field(default_factory=build, metadata={"help": help})
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    """Every knob of `schema` with its default, as plain values (the node Hydra composes from)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        if f.name == "_target_" and not value:
+            continue  # a method's `_target_`: named by its YAML file
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _refuse_loose_booleans(schema: type, node: Any, prefix: str) -> None:

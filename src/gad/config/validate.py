@@ -22,8 +22,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gad.config.bounds import check_step_tokens
 from gad.config.data import DataConfig
-from gad.config.method import METHODS
 from gad.config.model import LoraConfig
+from gad.config.registry import config_class
 from gad.config.typed import typed
 from gad.errors import GADError
 
@@ -45,7 +45,7 @@ def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
 def typed_roots(cfg: DictConfig) -> set[str]:
     """Top-level nodes checked against a dataclass (check_concerns), which knows every key."""
     method = cfg.get("method")
-    return {"data"} | ({"method"} if method is not None and str(method.get("_target_")) in METHODS else set())
+    return {"data"} | ({"method"} if method is not None and method.get("_target_") else set())
 
 
 def check_known_keys(cfg: DictConfig, roots: tuple[str, ...] | None = None) -> None:
@@ -72,8 +72,8 @@ def check_known_keys(cfg: DictConfig, roots: tuple[str, ...] | None = None) -> N
 def check_concerns(cfg: DictConfig) -> None:
     """`method`, `data` and `model.lora` against their dataclasses."""
     method = cfg.get("method")
-    if method is not None and str(method.get("_target_")) in METHODS:
-        typed(METHODS[str(method._target_)], method, "method")
+    if method is not None and method.get("_target_"):
+        typed(config_class(str(method._target_)), method, "method")
     if cfg.get("data") is not None:
         typed(DataConfig, cfg.data, "data")
     lora = OmegaConf.select(cfg, "model.lora", default=None)
@@ -97,23 +97,31 @@ def check_across(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------- composition (toy vs real)
-# The toy world's presets (conf/scale/toy_*.yaml: learning rates and step counts for a 1M-parameter
-# student trained from scratch; the toy byte tokenizer) must never reach a pretrained student.
-# conf/train.yaml already keys the scale on the model preset, and the tokenizer follows the student;
-# what composition cannot see is a pretrained `name_or_path` set on model=tiny itself.
+# The toy world's sizes (conf/scale/tiny_toy.yaml and each method's `toy:`: learning rates and step counts for a
+# 1M-parameter student trained from scratch; the toy byte tokenizer) must never reach a pretrained student, and a
+# method without toy sizes must not run its paper-scale steps on the toy student. conf/train.yaml already keys the
+# scale on the model preset, and the tokenizer follows the student; what composition cannot see is a pretrained
+# `name_or_path` set on model=tiny itself.
 
 
 def check_composition(cfg: DictConfig) -> None:
-    """Toy settings mixed into a pretrained student: one line, before any weights load."""
+    """Toy settings mixed into a pretrained student, or a method without toy sizes on the toy world: one line,
+    before any weights load."""
+    preset = OmegaConf.select(cfg, "scale_preset", default=None)
+    method = cfg.get("method")
+    if preset == "toy" and method is not None and method.get("_target_") and not method.get("toy"):
+        raise GADError(
+            f"method.toy: {method._target_} has no toy sizes, and its defaults (paper-scale steps) would train "
+            "the toy student; give its conf/method/<name>.yaml a `toy:` mapping (docs/extending.md)"
+        )
     student = OmegaConf.select(cfg, "model.student.name_or_path", default=None)
     if student is None:
         return
-    preset = OmegaConf.select(cfg, "scale_preset", default=None)
     if preset is not None and str(preset).startswith("toy"):
         raise GADError(
-            f"model.student.name_or_path={student}: the toy world's sizes (conf/scale/{preset}.yaml: learning "
-            "rates and steps for the from-scratch toy student) would train this pretrained student; pick a model "
-            "preset (e.g. model=smollm2-135m, model=qwen2.5-0.5b) or add conf/model/<name>.yaml for it"
+            f"model.student.name_or_path={student}: the toy world's sizes (conf/scale/tiny_toy.yaml and the method's "
+            "`toy:`: learning rates and steps for the from-scratch toy student) would train this pretrained student; "
+            "pick a model preset (e.g. model=smollm2-135m, model=qwen2.5-0.5b) or add conf/model/<name>.yaml for it"
         )
     tokenizer = OmegaConf.select(cfg, "model.tokenizer", default=None)
     if (

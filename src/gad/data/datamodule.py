@@ -40,7 +40,8 @@ from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
 from gad.errors import GADError
 
-CACHE_FORMAT = 2  # 2: rows carry their teacher, a prompt's rows side by side
+# 2: rows carry their teacher, a prompt's rows side by side; 3: and their record's meta (JSON), for reward terms
+CACHE_FORMAT = 3
 UNNAMED_TEACHER = "teacher"  # the teacher label of a record without a `teacher` field
 
 
@@ -245,7 +246,9 @@ class DistillDataModule(L.LightningDataModule):
             if len(response) > self.max_response_tokens:
                 response, cut_responses = response[: self.max_response_tokens], cut_responses + 1
             teacher = record.get("teacher") or UNNAMED_TEACHER
-            out.append({"id": record["id"], "prompt_ids": prompt, "response_ids": response, "teacher": teacher})
+            meta = json.dumps(record.get("meta") or {}, sort_keys=True)  # text: metas differ in shape across rows
+            row = {"id": record["id"], "prompt_ids": prompt, "response_ids": response, "teacher": teacher, "meta": meta}
+            out.append(row)
         stats.update(prompts_dropped_too_long=dropped, prompts_truncated=cut_prompts, responses_truncated=cut_responses)
         return out
 
@@ -310,6 +313,7 @@ class DistillDataModule(L.LightningDataModule):
             which[start:stop] = [b] * (stop - start)
         return {
             "ids": [r["id"] for r in rows],
+            "metas": [json.loads(r["meta"]) if r.get("meta") else {} for r in rows],  # for reward terms (gad.rewards)
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "response_ids": response_ids,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from gad.errors import GADError
@@ -31,8 +32,9 @@ class LocalTeacher(Teacher):
 
     `top_k` null scores with the full distribution; a number k keeps only the k most likely
     tokens (+ the scored one), exactly what an API teacher returns, e.g. to compare the two.
-    `build` (the toy world only): a recipe to fit a teacher when `path` does not exist yet
-    (`gad.toy.kd_teacher.build_teacher_model`).
+    `build`: a recipe to fit a teacher when `path` does not exist yet: its `_target_` names the builder,
+    called as `builder(path, tokenizer, recipe)` with the recipe's other keys (the toy world's:
+    `gad.toy.kd_teacher.ensure_teacher_model`, set by the `toy:` sizes of conf/method/kd.yaml).
     """
 
     def __init__(
@@ -54,9 +56,11 @@ class LocalTeacher(Teacher):
 
     def setup(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if self.build is not None:
-            from gad.toy.kd_teacher import ensure_teacher_model
-
-            ensure_teacher_model(self.path, tokenizer, self.build)
+            recipe = dict(self.build)
+            target = recipe.pop("_target_", None)
+            if not target:
+                raise GADError("method.teacher.build._target_: name the builder (module.function) of this recipe")
+            get_object(str(target))(self.path, tokenizer, recipe)
         key = "method.teacher.tokenizer" if self.tokenizer_path != self.path else "method.teacher.path"
         refuse_remote_code(self.tokenizer_path, key)  # and trust_remote_code=False: never asked, never run
         refuse_remote_code(self.path, "method.teacher.path")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,15 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gad.config.method import MethodConfig
 from gad.config.model import LoraConfig
-from gad.config.typed import typed
-from gad.distributed import full_state_dict, full_tensor, gathered, is_sharded, shard
+from gad.distributed import full_state_dict, full_tensor, is_sharded, shard
 from gad.losses import masked_sum, token_logprobs
-from gad.methods.optim import NetworkOptim
+from gad.methods.optim import NetworkOptim, partial_of
 from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
-from gad.rollout import Rollout, sample
+from gad.rollout import HFSampler, Rollout, Sampler, rollout_from_rows
 from gad.step_record import Phase, Scores, StepRecord
 
 
@@ -52,45 +52,45 @@ class DistillModule(L.LightningModule):
         None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
     )
     last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
+    sampler: Sampler | None = None  # draws on-policy rollouts (gad.rollout.Sampler); set by `use_hf_sampler` or yours
+
+    Config: type[MethodConfig] = MethodConfig  # the method's config dataclass (gad.config.registry reads it)
 
     def __init__(
         self,
+        config: MethodConfig,
         student: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        *,
-        generator_optimizer,
-        generator_scheduler,
-        generator_grad_clip: float | None,
-        micro_batch_size: int,
-        seed: int,
-        profile: bool = False,
-        lora: LoraConfig | Mapping[str, Any] | None = None,
-        max_tokens_per_micro_batch: int | None = None,
+        lora: LoraConfig | None = None,
     ):
+        """`config`: the method's validated config (gad.fit.build_module types the composed `method` node);
+        `lora`: the validated `model.lora` (None: all off, as in runs saved before it existed)."""
         super().__init__()
         self.automatic_optimization = False
-        # model.lora (absent from runs saved before it existed: all off); with .generator on, G trains adapters only
-        self.lora = lora if isinstance(lora, LoraConfig) else typed(LoraConfig, lora or {}, "model.lora")
+        self.config = config
+        # With model.lora.generator on, G trains adapters only
+        self.lora = lora if lora is not None else LoraConfig()
         student = apply_lora(student, self.lora, "generator")
         self.generator = student
         self.tokenizer = tokenizer
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size = config.micro_batch_size
         # Set: training forwards are padding-free, packed to this many real tokens (gad.packing);
         # micro_batch_size is then unused by them. None: micro_batch_size rows at the batch's width.
-        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
-        self.seed = seed
-        self.profile = profile
+        self.max_tokens_per_micro_batch = config.max_tokens_per_micro_batch
+        self.seed = config.seed
+        self.profile = config.profile
         self.networks: dict[str, NetworkOptim] = {
-            "generator": NetworkOptim(student, generator_optimizer, generator_scheduler, generator_grad_clip)
+            "generator": NetworkOptim(
+                student,
+                partial_of(config.generator_optimizer),
+                partial_of(config.generator_scheduler),
+                config.generator_grad_clip,
+            )
         }
         # Set by gad.distributed.TwoNetworkDDPStrategy: name -> that network in its own DDP wrapper.
         self.wrapped: dict[str, torch.nn.Module] = {}
         self.synced: set[str] = set()  # networks whose gradients went through their wrapper's all-reduce this step
         self.completed_steps = 0
-        # A frozen policy the loss compares with (GAD's KL reference) and whether it holds its final
-        # weights yet (GAD: the student at the end of warm-up); the checkpoint callback saves it once.
-        self.reference: torch.nn.Module | None = None
-        self.reference_ready = False
         self.reshard_after_forward = True  # under FSDP: the strategy's setting (configure_model)
         self.timings: dict[str, float] = {}
         self.val_nll = MeanMetric()
@@ -108,6 +108,12 @@ class DistillModule(L.LightningModule):
         """(phase, train D?, train G?) for the next step, method step `completed_steps` + 1. Methods
         without phases (SeqKD, KD) train the student alone at every step."""
         return None, False, True
+
+    def phase_name(self) -> str:
+        """What the progress line calls the phase of the next step: "training" for a method without phases,
+        else its phase's `label` (a method's own phases: any objects with a `label` and a `code`)."""
+        phase = self.schedule()[0]
+        return "training" if phase is None else str(getattr(phase, "label", phase))
 
     def end_step(
         self,
@@ -146,35 +152,43 @@ class DistillModule(L.LightningModule):
         self.timings = {}
         self.synced.clear()
 
+    def use_hf_sampler(self) -> None:
+        """The default sampler (gad.rollout.HFSampler) with this method's rollout settings: call it once those
+        (`rollout_batch_size`, `share_prompt`, `rollout_segment_tokens`) are set."""
+        self.sampler = HFSampler(
+            eos_ids=self.eos_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            micro_batch_size=self.rollout_batch_size,
+            share_prompt=self.share_prompt,
+            segment_tokens=self.rollout_segment_tokens,
+        )
+
     def rollout_seed(self) -> int:
         """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""
         return (self.seed * 1_000_003 + self.completed_steps) * 4096 + self.global_rank
 
     def rollout(self, batch: dict[str, Any]) -> Rollout:
-        """`self.num_samples` responses per prompt from the current student, seeded by `rollout_seed`.
-
-        On-policy methods set `self.num_samples`, `self.sampling` (a GenerationConfig) and
-        `self.rollout_batch_size`.
-        """
-        devices = [self.device] if self.device.type == "cuda" else []
-        with (
-            self.timed("rollout"),
-            torch.random.fork_rng(devices=devices),
-            gathered(self.generator, self.reshard_after_forward),
-        ):
-            torch.manual_seed(self.rollout_seed())
-            return sample(
-                self.generator,
+        """`self.num_samples` responses per prompt from the current student, drawn by `self.sampler`
+        (gad.rollout.Sampler) at `self.sampling`'s temperature, top-p and length, seeded by `rollout_seed`.
+        On-policy methods set all three (and `num_samples`)."""
+        with self.timed("rollout"):
+            self.sampler.sync_weights(self)
+            prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])]
+            rows = self.sampler.sample(
+                prompts,
+                num_samples=self.num_samples,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                max_new_tokens=self.sampling.max_new_tokens,
+                seed=self.rollout_seed(),
+            )
+            return rollout_from_rows(
                 batch["prompt_ids"],
                 batch["prompt_mask"],
-                num_samples=self.num_samples,
-                config=self.sampling,
-                eos_ids=torch.tensor(self.eos_ids),
-                micro_batch_size=self.rollout_batch_size,
-                # Sharded, every forward is a collective: ranks that finish early keep stepping.
-                synced_gpus=self.sharded,
-                share_prompt=self.share_prompt,
-                segment_tokens=self.rollout_segment_tokens,
+                rows,
+                self.num_samples,
+                self.tokenizer.pad_token_id,
+                self.eos_ids,
             )
 
     # ------------------------------------------------------------ sharding (trainer=fsdp)

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gad import losses
+from gad import losses, rewards
+from gad.config.method import GADConfig
+from gad.config.model import LoraConfig
 from gad.discriminator import Discriminator
 from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
-from gad.methods.optim import NetworkOptim
+from gad.methods.optim import NetworkOptim, partial_of
 from gad.models import apply_lora, frozen_copy
 from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
@@ -52,90 +54,58 @@ def teacher_then_samples(
 
 
 class GADModule(DistillModule):
-    def __init__(
-        self,
-        student,
-        tokenizer,
-        *,
-        temperature: float = 0.8,
-        top_p: float = 1.0,
-        num_samples: int = 8,
-        max_new_tokens: int = 1536,
-        warmup_steps: int = 800,
-        d_only_steps: int = 10,
-        adversarial_steps: int = 1600,
-        alpha: float = 0.0,
-        kl_coef: float = 0.001,
-        clip_ratio: float = 0.2,
-        d_loss: str = "bt",
-        generator_warmup: bool = True,
-        discriminator_warmup: bool = True,
-        off_policy: bool = False,
-        off_policy_d_steps: int = 0,
-        warmup_lr: float | None = None,
-        micro_batch_size: int = 8,
-        max_tokens_per_micro_batch: int | None = None,
-        rollout_batch_size: int = 64,
-        rollout_segment_tokens: int | None = None,
-        share_prompt: bool = True,
-        generator_optimizer,
-        generator_scheduler,
-        generator_grad_clip: float | None = 0.2,
-        discriminator_optimizer,
-        discriminator_scheduler,
-        discriminator_grad_clip: float | None = 0.2,
-        seed: int = 0,
-        profile: bool = False,
-        lora=None,
-    ):
+    Config = GADConfig
+
+    def __init__(self, config: GADConfig, student, tokenizer, lora: LoraConfig | None = None):
         # D's trunk is a copy of the plain student's, taken before LoRA (model.lora.generator)
         # wraps the student in place for the generator.
         discriminator = Discriminator.from_student(student)
-        if warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
-            warmup_updates = max(0, warmup_steps - d_only_steps) if generator_warmup else 0
-            generator_scheduler = functools.partial(
-                generator_scheduler,
+        super().__init__(config, student, tokenizer, lora)
+        c = config
+        if c.warmup_lr is not None:  # G's warm-up updates run at warmup_lr, the adversarial ones at the optimizer's lr
+            warmup_updates = max(0, c.warmup_steps - c.d_only_steps) if c.generator_warmup else 0
+            generator = self.networks["generator"]
+            generator.scheduler = functools.partial(
+                generator.scheduler,
                 first_updates=warmup_updates,
-                first_scale=warmup_lr / generator_optimizer.keywords["lr"],
+                first_scale=c.warmup_lr / c.generator_optimizer.lr,
             )
-        super().__init__(
-            student,
-            tokenizer,
-            generator_optimizer=generator_optimizer,
-            generator_scheduler=generator_scheduler,
-            generator_grad_clip=generator_grad_clip,
-            micro_batch_size=micro_batch_size,
-            seed=seed,
-            profile=profile,
-            lora=lora,
-            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
+        self.temperature, self.num_samples, self.max_new_tokens = c.temperature, c.num_samples, c.max_new_tokens
+        self.warmup_steps, self.d_only_steps, self.adversarial_steps = (
+            c.warmup_steps,
+            c.d_only_steps,
+            c.adversarial_steps,
         )
-        self.temperature, self.num_samples, self.max_new_tokens = temperature, num_samples, max_new_tokens
-        self.warmup_steps, self.d_only_steps, self.adversarial_steps = warmup_steps, d_only_steps, adversarial_steps
-        self.alpha, self.kl_coef, self.clip_ratio = alpha, kl_coef, clip_ratio
-        self.d_loss = losses.DISCRIMINATOR_LOSSES[d_loss]
-        self.generator_warmup, self.discriminator_warmup = generator_warmup, discriminator_warmup
-        self.off_policy, self.off_policy_d_steps = off_policy, off_policy_d_steps if off_policy else 0
-        self.rollout_batch_size, self.rollout_segment_tokens = rollout_batch_size, rollout_segment_tokens
-        self.share_prompt = share_prompt
+        self.alpha, self.kl_coef, self.clip_ratio = c.alpha, c.kl_coef, c.clip_ratio
+        self.d_loss = losses.DISCRIMINATOR_LOSSES[c.d_loss]
+        self.generator_warmup, self.discriminator_warmup = c.generator_warmup, c.discriminator_warmup
+        self.off_policy, self.off_policy_d_steps = c.off_policy, c.off_policy_d_steps if c.off_policy else 0
+        self.rollout_batch_size, self.rollout_segment_tokens = c.rollout_batch_size, c.rollout_segment_tokens
+        self.share_prompt = c.share_prompt
         self.sampling = generation_config(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=c.max_new_tokens,
             eos_ids=self.eos_ids,
             pad_id=tokenizer.pad_token_id,
-            temperature=temperature,
-            top_p=top_p,
+            temperature=c.temperature,
+            top_p=c.top_p,
         )
+        self.use_hf_sampler()
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
         discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
         self.discriminator = discriminator
         self.networks["discriminator"] = NetworkOptim(
-            self.discriminator, discriminator_optimizer, discriminator_scheduler, discriminator_grad_clip
+            self.discriminator,
+            partial_of(c.discriminator_optimizer),
+            partial_of(c.discriminator_scheduler),
+            c.discriminator_grad_clip,
         )
         # Built now (weights copied in when warm-up ends) so a checkpoint always has the same keys.
         # A copy of the generator as built (with LoRA: frozen base + adapters), so its state dict
         # loads into the reference as is and gives the warmed-up policy.
-        self.reference = frozen_copy(self.generator) if kl_coef > 0 else None
-        self.reference_ready = False
+        self.reference: torch.nn.Module | None = frozen_copy(self.generator) if c.kl_coef > 0 else None
+        self.reference_ready = False  # holds the warmed-up policy yet (the checkpoint callback saves it once then)
+        # method.rewards: imported when fitting starts (`setup`), never by reloading a run (gad.runs.load_module)
+        self.discriminator_weight, self.reward_terms = c.discriminator_weight, []
 
     @property
     def total_steps(self) -> int:
@@ -154,6 +124,14 @@ class GADModule(DistillModule):
             return Phase.D_ON_FROZEN_G, True, False
         return Phase.ADVERSARIAL, not self.off_policy, True
 
+    def phase_name(self) -> str:
+        phase, train_d, train_g = self.schedule()
+        if phase is Phase.ADVERSARIAL:
+            return "adversarial"
+        if phase is Phase.D_ON_FROZEN_G:
+            return "D on frozen G"
+        return {(True, False): "warm-up, D only", (False, True): "warm-up, G only"}.get((train_d, train_g), "warm-up")
+
     # ------------------------------------------------------------ the step
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
@@ -166,7 +144,8 @@ class GADModule(DistillModule):
         if not train_g:
             g_metrics = {}
         elif phase is Phase.ADVERSARIAL:
-            g_metrics = self.policy_step(batch, rollout, rewards=scores.student)
+            rewards, reward_metrics = self.reward(batch, rollout, scores)
+            g_metrics = {**reward_metrics, **self.policy_step(batch, rollout, rewards)}
         else:
             g_metrics = self.sft_step(batch)
 
@@ -178,6 +157,33 @@ class GADModule(DistillModule):
         if self.reference is not None and not self.reference_ready:
             self.reference.load_state_dict(self.generator.state_dict())
         self.reference_ready = True
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.config.rewards and not self.reward_terms:
+            self.reward_terms = rewards.build_terms(self.config.rewards)
+
+    def reward(self, batch: dict[str, Any], rollout: Rollout, scores: Scores) -> tuple[torch.Tensor, dict]:
+        """The policy's reward [B, N]: method.discriminator_weight x D's scores of the samples, plus each term of
+        method.rewards x its weight (gad.rewards), summed before the group normalisation."""
+        if not self.reward_terms and self.discriminator_weight == 1:
+            return scores.student, {}  # the paper's reward, as is
+        total = self.discriminator_weight * scores.student
+        metrics = {"train/reward/discriminator": scores.student.mean()}
+        if self.reward_terms:
+            n, mask = rollout.num_samples, rollout.response_mask.bool()
+            prompts = [
+                p for p in self.tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True) for _ in range(n)
+            ]
+            responses = self.tokenizer.batch_decode(
+                rollout.response_ids.masked_fill(~mask, self.tokenizer.pad_token_id), skip_special_tokens=True
+            )
+            metas = [m for m in batch.get("metas") or [{}] * len(batch["ids"]) for _ in range(n)]
+            for term in self.reward_terms:
+                values = rewards.evaluate(term, prompts, responses, metas, total.device).view_as(total)
+                total = total + term.weight * values
+                metrics[f"train/reward/{term.name}"] = values.mean()
+        metrics.update({"train/reward_mean": total.mean(), "train/reward_std": total.std()})
+        return total, metrics
 
     # ------------------------------------------------------------ 2-3. discriminator
 

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from gad import kd_losses
-from gad.config.method import KDTeacherConfig
+from gad.config.method import KDConfig
+from gad.config.model import LoraConfig
 from gad.kd_teachers import Teacher, TeacherDists, build_teacher
 from gad.losses import masked_sum
 from gad.methods.base import DistillModule
@@ -39,61 +40,26 @@ def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
 
 
 class KDModule(DistillModule):
-    def __init__(
-        self,
-        student,
-        tokenizer,
-        *,
-        teacher: KDTeacherConfig | dict[str, Any],
-        steps: int = 2400,
-        alpha: float = 0.5,
-        alpha_warmup_steps: int = 240,
-        softening_temperature: float = 2.0,
-        on_policy: bool = True,
-        rollout_temperature: float = 1.0,
-        top_p: float = 1.0,
-        samples_per_prompt: int = 1,
-        max_new_tokens: int = 1536,
-        micro_batch_size: int = 8,
-        max_tokens_per_micro_batch: int | None = None,
-        rollout_batch_size: int = 64,
-        rollout_segment_tokens: int | None = None,
-        generator_optimizer,
-        generator_scheduler,
-        generator_grad_clip: float | None = 1.0,
-        seed: int = 0,
-        profile: bool = False,
-        lora=None,
-    ):
-        super().__init__(
-            student,
-            tokenizer,
-            generator_optimizer=generator_optimizer,
-            generator_scheduler=generator_scheduler,
-            generator_grad_clip=generator_grad_clip,
-            micro_batch_size=micro_batch_size,
-            seed=seed,
-            profile=profile,
-            lora=lora,  # model.lora.generator only: KD has no discriminator
-            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-        )
-        self.steps, self.alpha, self.alpha_warmup_steps = steps, alpha, alpha_warmup_steps
-        self.softening_temperature, self.on_policy = softening_temperature, on_policy
-        self.num_samples, self.rollout_batch_size = (
-            samples_per_prompt,
-            rollout_batch_size,
-        )  # the base rollout reads num_samples
-        self.rollout_segment_tokens = rollout_segment_tokens
+    Config = KDConfig
+
+    def __init__(self, config: KDConfig, student, tokenizer, lora: LoraConfig | None = None):
+        super().__init__(config, student, tokenizer, lora)  # model.lora.generator only: KD has no discriminator
+        c = config
+        self.steps, self.alpha, self.alpha_warmup_steps = c.steps, c.alpha, c.alpha_warmup_steps
+        self.softening_temperature, self.on_policy = c.softening_temperature, c.on_policy
+        self.num_samples, self.rollout_batch_size = c.samples_per_prompt, c.rollout_batch_size
+        self.rollout_segment_tokens = c.rollout_segment_tokens
         self.sampling = generation_config(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=c.max_new_tokens,
             eos_ids=self.eos_ids,
             pad_id=tokenizer.pad_token_id,
-            temperature=rollout_temperature,
-            top_p=top_p,
+            temperature=c.rollout_temperature,
+            top_p=c.top_p,
         )
+        self.use_hf_sampler()
         # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
-        self.needs_teacher = alpha < 1 or alpha_warmup_steps > 0
-        self.teacher: Teacher | None = build_teacher(teacher) if self.needs_teacher else None
+        self.needs_teacher = c.alpha < 1 or c.alpha_warmup_steps > 0
+        self.teacher: Teacher | None = build_teacher(c.teacher) if self.needs_teacher else None
         self.teacher_ready = False
 
     @property

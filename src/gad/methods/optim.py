@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+from hydra.utils import get_object
 from torch import nn
 
 
@@ -51,6 +53,14 @@ def warmup_schedule(
         first_scale=first_scale,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def partial_of(config: Any) -> functools.partial:
+    """A `_target_` + `_partial_` config dataclass (gad.config.method.OptimizerConfig, SchedulerConfig) as the
+    partial it names: the target with the dataclass's other fields as keyword arguments."""
+    return functools.partial(
+        get_object(config._target_), **{k: v for k, v in asdict(config).items() if not k.startswith("_")}
+    )
 
 
 @dataclass

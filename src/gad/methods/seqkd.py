@@ -4,38 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from gad.config.method import SeqKDConfig
+from gad.config.model import LoraConfig
 from gad.methods.base import DistillModule
 
 
 class SeqKDModule(DistillModule):
-    def __init__(
-        self,
-        student,
-        tokenizer,
-        *,
-        steps: int = 2400,
-        micro_batch_size: int = 8,
-        generator_optimizer,
-        generator_scheduler,
-        generator_grad_clip: float | None = 1.0,
-        seed: int = 0,
-        profile: bool = False,
-        lora=None,
-        max_tokens_per_micro_batch: int | None = None,
-    ):
-        super().__init__(
-            student,
-            tokenizer,
-            generator_optimizer=generator_optimizer,
-            generator_scheduler=generator_scheduler,
-            generator_grad_clip=generator_grad_clip,
-            micro_batch_size=micro_batch_size,
-            seed=seed,
-            profile=profile,
-            lora=lora,  # model.lora.generator only: SeqKD has no discriminator
-            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-        )
-        self.steps = steps
+    Config = SeqKDConfig
+
+    def __init__(self, config: SeqKDConfig, student, tokenizer, lora: LoraConfig | None = None):
+        super().__init__(config, student, tokenizer, lora)  # model.lora.generator only: SeqKD has no discriminator
+        self.steps = config.steps
 
     @property
     def total_steps(self) -> int:

@@ -30,3 +30,9 @@ def accuracy(records: list[dict[str, Any]], responses: list[str | None]) -> floa
     if not records:
         return 0.0
     return sum(check(r.get("meta") or {}, resp) for r, resp in zip(records, responses)) / len(records)
+
+
+def checker_reward(prompts: list[str], responses: list[str], metas: list[dict[str, Any]]) -> list[float]:
+    """A reward term (gad.rewards; `arm=verifier`): 1.0 for a response the toy checker accepts, else 0.0.
+    The worked example of a verifier beside the discriminator (GAD + verifier)."""
+    return [float(check(meta, response)) for meta, response in zip(metas, responses)]
