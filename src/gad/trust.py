@@ -64,8 +64,10 @@ def check_archive(path: str | Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise GADError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save: {err})") from None
+    except Exception as err:  # zipfile's parser raises BadZipFile, OSError, ValueError, NotImplementedError, ...
+        raise GADError(
+            f"{path}: not a readable checkpoint (truncated, or not written by torch.save: {type(err).__name__}: {err})"
+        ) from None
     for member in members:
         if member.compress_type != zipfile.ZIP_STORED:
             raise GADError(
@@ -109,8 +111,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         state = torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as err:
         raise GADError(f"{path}: refused: {str(err).splitlines()[0]} ({ADVICE})") from None
-    except (RuntimeError, OSError, EOFError) as err:
-        raise GADError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # a damaged archive fails anywhere in torch's reader (KeyError, RuntimeError, ...)
+        text = str(err).strip().splitlines()
+        raise GADError(f"{path}: not a readable checkpoint ({type(err).__name__}: {text[0] if text else ''})") from None
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise GADError(f"{path}: not a checkpoint of this project (no state_dict)")
     return state

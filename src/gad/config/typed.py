@@ -53,6 +53,8 @@ def typed(schema: type[T], node: DictConfig | Mapping[str, Any], key: str) -> T:
     naming the offending key. Hydra's own keys (`_target_`, `_partial_`) pass through when the
     dataclass declares them; interpolations are resolved."""
     prefix = f"{key}." if key else ""
+    if not isinstance(node, (DictConfig, Mapping)):  # e.g. `model.lora: 3` in a received run's config
+        raise GADError(f"{key}={node} is invalid: expected a mapping of {schema.__name__}'s keys")
     try:
         if isinstance(node, DictConfig):  # resolved in its own tree: `${data.max_response_tokens}` points outside it
             node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
