@@ -239,7 +239,7 @@ def check_received_config(cfg: DictConfig, file: str | Path) -> None:
                 )
             if str(key) in RECEIVED_SECTIONS and path.endswith("._target_"):
                 target = node._value()
-                if target not in RECEIVED_TARGETS:
+                if not isinstance(target, str) or target not in RECEIVED_TARGETS:
                     raise GADError(
                         f"{file}: {path}: refused: '{target}' is not one of this project's own targets "
                         f"(a run folder may only name {', '.join(sorted(RECEIVED_TARGETS))})"
