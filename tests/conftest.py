@@ -139,6 +139,9 @@ SLOWEST_FILES = [
     "test_run_folders.py",
     "test_trust_loading.py",
     "test_eval.py",
+    "test_harness.py",
+    "test_extending.py",
+    "test_received_files.py",
     "test_lora.py",
 ]
 
