@@ -4,9 +4,8 @@ A run folder may come from someone else, and loading it (src/eval.py, `gad.runs.
 notebook) reads the files its config names and can write caches. So before anything is built from a
 received config (`gad.runs.run_config`):
 
-- every file it names to READ (the student or tokenizer folder, a GGUF file, the KD teacher, the
-  training dump) is a hub id, or resolves, symlinks followed, inside one of `allowed_roots`: the run
-  folder itself, this project's root (its data/ and .cache/), and the folders the user lists in
+- every file it names to READ (the student or tokenizer folder, a GGUF file, the KD teacher) is a hub
+  id, or resolves, symlinks followed, inside one of `allowed_roots`: the run folder itself, this project's root (its data/ and .cache/), and the folders the user lists in
   `$GAD_TRUSTED_PATHS` (os.pathsep-separated: a shared model store on a cluster, say). Anything else is
   refused with one line naming the file, the key and the variable that would allow it;
 - every folder it names to WRITE (the GGUF conversion target, the tokenised-data cache, the toy KD
@@ -43,8 +42,9 @@ READ_KEYS = (
     "model.tokenizer.from_scratch",
     "method.teacher.path",
     "method.teacher.tokenizer",
-    "data.path",
 )
+# Not `data.path`: loading a run never reads its dump, and the one reader that does (eval's select.run=, for the
+# held-out validation split) parses it as data. A run's dump lies wherever the cluster keeps dumps.
 
 
 def project_root() -> Path | None:
