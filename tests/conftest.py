@@ -89,6 +89,21 @@ def train(log_dir: Path, *overrides: str, fast: bool = True) -> Path:
     return runs[-1]
 
 
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> Path:
+    """A short toy run (debug=fast, a checkpoint every 2 steps) for the files that only read it (eval, harness):
+    trained once per test session, across xdist workers too (the first to ask trains it, under a lock)."""
+    from gad.atomic import file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = shared / "toy_run.path"
+    with file_lock(shared / "toy_run.lock"):
+        if not done.is_file():
+            done.write_text(str(train(shared / "toy_run", "callbacks.step_checkpoint.every_n_steps=2")))
+    return Path(done.read_text())
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     """Exit status 2, a single `error: ...` line on stderr naming `fragments`, and no traceback."""
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

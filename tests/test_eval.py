@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from chat_server import ChatServer
-from conftest import ROOT, assert_one_line_error, run_entry, train
+from conftest import ROOT, assert_one_line_error, run_entry
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gad.data.datamodule import validation_split
@@ -68,8 +68,8 @@ def judge_reply(messages: list[dict]) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("train"), "callbacks.step_checkpoint.every_n_steps=2")
+def run(toy_run):
+    return toy_run  # shared with the other files that only read it (conftest.toy_run)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_entry, train
+from conftest import ROOT, assert_one_line_error, run_entry
 from omegaconf import OmegaConf
 
 pytest.importorskip("lm_eval", reason='lm-evaluation-harness is the harness extra: pip install -e ".[harness]"')
@@ -29,8 +29,8 @@ SPLITS = {"in_dist": ROOT / "data/toy/test_id.jsonl", "out_of_dist": ROOT / "dat
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("train"), "callbacks.step_checkpoint.every_n_steps=2")
+def run(toy_run):
+    return toy_run  # shared with the other files that only read it (conftest.toy_run)
 
 
 def eval_cmd(log_dir, *args, env=None):
