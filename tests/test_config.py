@@ -66,6 +66,8 @@ def test_default_run_is_the_toy_world_at_toy_scale():
         ("method.alpha=-0.1", "method.alpha"),
         ("method.num_samples=1", "method.num_samples"),
         ("method.d_loss=hinge", "method.d_loss"),
+        ("method.rollout.engine=sglang", "method.rollout.engine"),
+        ("method.rollout.tis_cap=0.5", "method.rollout.tis_cap"),
         ("method.d_only_steps=1000", "method.d_only_steps"),
         ("data.batch_size=0", "data.batch_size"),
         ("+method.temprature=1", "method.temprature"),

@@ -118,3 +118,32 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(q || ref): exp(ref - logq) - (ref - logq) - 1 (>= 0)."""
     delta = ref_logprobs - logprobs
     return torch.exp(delta) - delta - 1.0
+
+
+def rollout_correction(
+    logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, cap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token weights of the policy-gradient term and the summed absolute log-prob gap over the real
+    tokens, for the training forward's log-probs `logp` (detached) and the sampler's `engine_logp` [rows, R]
+    (`Rollout.sampler_logprobs`: e.g. gad.vllm_rollout's engine).
+
+    Truncated importance sampling (verl's `tis_imp_ratio_cap`): the tokens were drawn from the sampler's
+    distribution, the gradient is the training policy's; each token's term is weighted by
+    min(p_train / p_engine, cap). `cap` None: weights 1 (no correction)."""
+    engine_logp = engine_logp.to(logp.device)
+    real = mask.bool()
+    gap = ((logp - engine_logp).abs() * real).sum()
+    if cap is None:
+        return torch.ones_like(logp), gap
+    return torch.exp(logp - engine_logp).clamp(max=cap) * real, gap
+
+
+def rollout_logprob_gap(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, engine_logp: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed |log p_train - log p_engine| over the real tokens, from a training forward's logits at the
+    real response tokens, flat [mask.sum(), V] (DistillModule.response_logprobs with `with_logits`), and the
+    sampler's log-probs [rows, R] of `tokens` [rows, R] (`Rollout.sampler_logprobs`)."""
+    real = mask.bool()
+    picked = token_logprobs(logits, tokens[real], temperature)
+    return (picked - engine_logp.to(picked.device)[real]).abs().sum()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from gad.config.bounds import TEMPERATURE_RULE, require_fits, temperature_ok
 from gad.config.kd_teacher import KDTeacherConfig
+from gad.config.rollout import RolloutEngineConfig
 from gad.config.typed import finite, knob, nested, require
 
 # gad.losses.DISCRIMINATOR_LOSSES' names without torch: `method.d_loss` is checked before torch loads (a test agrees)
@@ -110,7 +111,7 @@ class MethodConfig:
 
 @dataclass
 class SamplingConfig(MethodConfig):
-    """An on-policy method: it samples from the student (gad.rollout)."""
+    """An on-policy method: it samples from the student (gad.rollout; method.rollout picks the engine)."""
 
     top_p: float = knob(1.0, "rollout nucleus sampling (1.0 = off, as in the paper)")
     max_new_tokens: int = knob(1536, "rollout length budget (conf/method files tie it to data.max_response_tokens)")
@@ -119,6 +120,7 @@ class SamplingConfig(MethodConfig):
     # sampling law, fewer decode steps on finished rows (docs/measured/padding.md). A cap <= 64 (the toy world's 24)
     # is one segment: the same draws as null. null: one generate() per call, every row decoded until the longest ends.
     rollout_segment_tokens: Optional[int] = knob(64, "decode in segments of this many tokens; null: one call")
+    rollout: RolloutEngineConfig = nested(RolloutEngineConfig, "the engine that samples (hf or vllm) and its knobs")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -48,9 +48,7 @@ class DistillModule(L.LightningModule):
     which ends in `end_step`."""
 
     share_prompt = False  # run each prompt's forward once per group of samples (gad.prompt_sharing)
-    rollout_segment_tokens: int | None = (
-        None  # decode in segments, dropping ended rows (gad.rollout.generate_segmented)
-    )
+    rollout_segment_tokens: int | None = None  # decode in segments, dropping ended rows (gad.rollout)
     last_step: StepRecord | None = None  # the step just completed, for callbacks (set by end_step)
     sampler: Sampler | None = None  # draws on-policy rollouts (gad.rollout.Sampler); set by `use_hf_sampler` or yours
 
@@ -162,6 +160,19 @@ class DistillModule(L.LightningModule):
             share_prompt=self.share_prompt,
             segment_tokens=self.rollout_segment_tokens,
         )
+
+    def use_configured_sampler(self) -> None:
+        """The sampler `method.rollout.engine` names: `use_hf_sampler`'s, or gad.vllm_rollout.VLLMSampler."""
+        if self.config.rollout.engine != "vllm":
+            return self.use_hf_sampler()
+        from gad.vllm_rollout import VLLMSampler, engine_options  # vLLM itself is imported at the first rollout
+
+        self.sampler = VLLMSampler(engine_options(self.config.rollout), eos_ids=self.eos_ids, seed=self.seed)
+
+    def teardown(self, stage: str) -> None:
+        """A sampler that holds resources (with `close`: the vLLM engine) releases them at the end of fit."""
+        if hasattr(self.sampler, "close"):
+            self.sampler.close()
 
     def rollout_seed(self) -> int:
         """Sampling is a pure function of (seed, step, rank): exact on resume, distinct per rank."""

@@ -89,7 +89,7 @@ class GADModule(DistillModule):
             temperature=c.temperature,
             top_p=c.top_p,
         )
-        self.use_hf_sampler()
+        self.use_configured_sampler()  # method.rollout.engine
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
         discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
         self.discriminator = discriminator
@@ -251,6 +251,9 @@ class GADModule(DistillModule):
         ref_logp = self.reference_logprobs(rollout) if self.reference is not None else None
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("pg", "kl", "clip", "entropy")}
+        sampler_logp = rollout.sampler_logprobs  # the sampler's own log-probs (method.rollout.engine=vllm), if any
+        if sampler_logp is not None:
+            sums["rollout_logprob_gap"] = torch.zeros((), device=self.device)
         with self.timed("g_step"):
             grouped = self.shares_prompt(self.generator)
             chunks = self.sample_chunks(rollout, grouped)
@@ -260,6 +263,12 @@ class GADModule(DistillModule):
                     logp, logits = self.rollout_logprobs(generator, rollout, sl, grouped, with_logits=True)
                     # One update per rollout batch: the "old" policy is the current one, detached.
                     pg, clipped = losses.ppo_clip_loss(logp, logp.detach(), advantages[sl], self.clip_ratio)
+                    if sampler_logp is not None:  # the mismatch, and truncated IS with method.rollout.tis_cap
+                        weight, gap = losses.rollout_correction(
+                            logp.detach(), sampler_logp[sl], mask[sl], self.config.rollout.tis_cap
+                        )
+                        pg = pg * weight
+                        sums["rollout_logprob_gap"] += gap
                     per_token = pg
                     if ref_logp is not None:
                         kl = losses.k3_kl(logp, ref_logp[sl])

@@ -26,7 +26,7 @@ from gad import kd_losses
 from gad.config.method import KDConfig
 from gad.config.model import LoraConfig
 from gad.kd_teachers import Teacher, TeacherDists, build_teacher
-from gad.losses import masked_sum
+from gad.losses import masked_sum, rollout_logprob_gap
 from gad.methods.base import DistillModule
 from gad.rollout import generation_config
 
@@ -56,7 +56,7 @@ class KDModule(DistillModule):
             temperature=c.rollout_temperature,
             top_p=c.top_p,
         )
-        self.use_hf_sampler()
+        self.use_configured_sampler()  # method.rollout.engine
         # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
         self.needs_teacher = c.alpha < 1 or c.alpha_warmup_steps > 0
         self.teacher: Teacher | None = build_teacher(c.teacher) if self.needs_teacher else None
@@ -113,14 +113,19 @@ class KDModule(DistillModule):
             prompts, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
             targets, mask = rollout.response_ids, rollout.response_mask
             metrics["train/response_len"] = rollout.lengths.float().mean()
+            # a sampler that gives its log-probs (method.rollout.engine=vllm): the gap to this step's forward
+            sampler_logp = rollout.sampler_logprobs
         else:
             prompts, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
             targets, mask = batch["response_ids"], batch["response_mask"]
             metrics["train/response_len"] = metrics["train/teacher_len"]
+            sampler_logp = None
         ids, attn = torch.cat([prompts, targets], dim=1), torch.cat([prompt_mask, mask], dim=1)
         shared_ce = not self.on_policy  # off-policy, CE and KL are over the same tokens: one forward
         total = mask.sum().clamp(min=1)
         sums = {k: torch.zeros((), device=self.device) for k in ("kl", "ce", "mass")}
+        if sampler_logp is not None:
+            sums["gap"] = torch.zeros((), device=self.device)
         chunks = list(self.row_chunks(prompt_mask, mask))
         sft_follows = not shared_ce and alpha > 0  # its last backward all-reduces these gradients too
         for i, sl in enumerate(chunks):
@@ -133,6 +138,10 @@ class KDModule(DistillModule):
                     generator, prompts[sl], prompt_mask[sl], targets[sl], mask[sl], with_logits=True
                 )
                 kl = self.token_kl(dists, logits).sum()  # at the real response tokens (logits are flat)
+                if sampler_logp is not None:  # at the sampling temperature
+                    sums["gap"] += rollout_logprob_gap(
+                        logits.detach(), targets[sl], mask[sl], sampler_logp[sl], self.sampling.temperature
+                    )
                 loss = kl_weight * kl / total
                 if shared_ce:
                     ce = -masked_sum(logp, mask[sl])
@@ -143,6 +152,8 @@ class KDModule(DistillModule):
             if not dists.full:
                 sums["mass"] += kd_losses.listed_mass(dists.logprobs, dists.valid).to(mask.device).sum()
         metrics["train/kl"] = sums["kl"] / total
+        if sampler_logp is not None:
+            metrics["train/rollout_logprob_gap"] = sums["gap"] / total
         if not dists.full:
             metrics["train/teacher_topk_mass"] = sums["mass"] / total
         if shared_ce:
