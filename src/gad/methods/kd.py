@@ -113,6 +113,9 @@ class KDModule(DistillModule):
             prompts, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
             targets, mask = rollout.response_ids, rollout.response_mask
             metrics["train/response_len"] = rollout.lengths.float().mean()
+            metrics["train/generated_tokens"] = (
+                rollout.lengths.sum()
+            )  # this step's sampled tokens (the evidence's cost)
         else:
             prompts, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
             targets, mask = batch["response_ids"], batch["response_mask"]
