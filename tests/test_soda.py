@@ -210,3 +210,25 @@ def test_soda_misconfigured_is_one_line():
             )
         with pytest.raises(GADError, match=message.replace(".", r"\.")):
             validate(cfg)
+
+
+def test_soda_on_smollm2_at_tiny_shapes(smollm2, tmp_path):
+    """A real pretrained student (conftest `smollm2`, offline): 4 chat prompts, 8-token snapshot, 2 steps."""
+    from test_real_student import CHAT, tiny
+
+    dump = tmp_path / "chat.jsonl"
+    dump.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": q}], "response": a}) + "\n"
+            for i, (q, a) in enumerate(CHAT)
+        )
+    )
+    args = [f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", *tiny(smollm2, dump)]
+    proc = run_entry("train.py", *args, "method=soda", "method.steps=2", "callbacks.step_checkpoint=null", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = sorted((tmp_path / "train" / "runs").iterdir())[-1]
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/step")]
+    assert len(rows) == 2 and abs(float(rows[0]["train/soda_loss"]) - math.log(2)) < 1e-4
+    snapshot = [json.loads(line) for line in (run / "soda_snapshot.jsonl").read_text().splitlines()]
+    assert len(snapshot) == 4 and all(0 < r["length"] <= 8 for r in snapshot)
+    assert (run / "student" / "config.json").is_file()
