@@ -9,7 +9,7 @@ from conftest import ROOT, assert_one_line_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from gad.analysis.evidence import adversarial_table, cost_table, load_jobs, results_table
+from gad.analysis.evidence import adversarial_table, cost_table, load_jobs, plot_cost, results_table
 from gad.config.validate import validate
 
 ARMS = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
@@ -111,6 +111,8 @@ def test_the_comparison_names_arms_by_method_and_teachers_and_counts_their_cost(
     assert table[2] == "| gad | 2 | 3 | 100 | 45 |"  # tokens: (60 + 30) / 2; wall: (90 + 110) / 2
     assert table[3] == "| seqkd | 1 | 3 | 40 | 0 |"
     assert table[4] == "| soda, 2 teachers | 1 | 3 | 50 | 7 |"  # the snapshot once, not once per step
+    plot_cost(jobs, tmp_path / "cost.png")
+    assert (tmp_path / "cost.png").stat().st_size > 1000
 
 
 def test_the_comparison_sweep_names_every_method():

@@ -167,6 +167,30 @@ def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_cost(jobs: pd.DataFrame, path: Path) -> None:
+    """Each arm's held-out accuracy (mean over seeds) against its job wall time and its generated tokens."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, (cost, label) in zip(axes, [("wall_s", "job wall time (s)"), ("tokens", "tokens generated in training")]):
+        for arm in sorted(jobs.arm.unique(), key=arm_rank):
+            group = jobs[jobs.arm == arm]
+            for split, marker in zip(SPLITS, "os"):
+                y = group[f"toy accuracy ({split}) after"].mean()
+                ax.scatter(
+                    group[cost].mean(),
+                    y,
+                    marker=marker,
+                    color=f"C{arm_rank(arm)[1]}",
+                    alpha=0.5 + 0.5 * (split == SPLITS[0]),
+                )
+            ax.annotate(arm, (group[cost].mean(), group["toy accuracy (in_dist) after"].mean()), fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("toy accuracy (o: in dist, s: out of dist)")
+    fig.suptitle("score against cost, mean over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_on_vs_off_policy(jobs: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, (metric, label) in zip(
@@ -217,6 +241,8 @@ def main() -> None:
         plot_accuracy(jobs, figures[0])
         if args.compare:
             print(cost_table(jobs))
+            figures.append(out / f"{args.prefix}_cost.png")
+            plot_cost(jobs, figures[1])
         else:
             print(adversarial_table(jobs))
             figures.append(out / f"{args.prefix}_on_vs_off_policy.png")
