@@ -225,8 +225,10 @@ class SODAModule(DistillModule):
             grad_norm = self.step_optimizer("generator")
         reward_c = torch.cat([t.chosen_reward for t, _, _ in parts])
         reward_r = torch.cat([t.rejected_reward for t, _, _ in parts])
-        order = torch.cat([torch.arange(rows_total)[rows] for rows in chunks]).argsort()  # back to the batch's rows
-        reward_c, reward_r = reward_c[order.to(reward_c.device)], reward_r[order.to(reward_r.device)]
+        order = torch.cat(
+            [torch.arange(rows_total, device=self.device)[rows] for rows in chunks]
+        ).argsort()  # batch order
+        reward_c, reward_r = reward_c[order], reward_r[order]
         margin = reward_c - reward_r
         metrics = {
             "train/soda_loss": sum(loss for _, loss, _ in parts),
