@@ -9,7 +9,7 @@ from conftest import ROOT, assert_one_line_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from gad.analysis.evidence import adversarial_table, load_jobs, results_table
+from gad.analysis.evidence import adversarial_table, cost_table, load_jobs, plot_cost, results_table
 from gad.config.validate import validate
 
 ARMS = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
@@ -77,3 +77,47 @@ def test_arms_are_named_in_the_experiment_sweep(arm):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=toy_evidence"], return_hydra_config=True)
     assert arm in cfg.hydra.sweeper.params.arm.split(",") and cfg.hydra.sweeper.params.seed == "1,2,3"
+
+
+def compare_job(sweep, job: int, overrides: str, columns: dict[str, list[float]], wall_s: float) -> None:
+    """A finished job of experiment=toy_compare: named by its method (and data) override, with cost columns."""
+    import os
+
+    folder = sweep / str(job)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(overrides)
+    results = {f"toy accuracy ({s})": {"before": 0.0, "after": 0.1} for s in ("in_dist", "out_of_dist")}
+    results |= {f"len / teacher ({s})": {"before": 9.0, "after": 1.0} for s in ("in_dist", "out_of_dist")}
+    (folder / "summary.json").write_text(json.dumps({"phases": {}, "results": results}))
+    names = ["train/step", *columns, "val/nll"]
+    rows = [",".join(names)]
+    rows += [",".join([str(i + 1), *(str(v[i]) for v in columns.values()), ""]) for i in range(3)]
+    rows.append("," * (len(names) - 1) + "1.5")  # the validation row
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (folder / "config.yaml").write_text("{}\n")
+    os.utime(folder / "config.yaml", (1000.0, 1000.0))
+    os.utime(folder / "summary.json", (1000.0 + wall_s, 1000.0 + wall_s))
+
+
+def test_the_comparison_names_arms_by_method_and_teachers_and_counts_their_cost(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    compare_job(one, 0, "- method=gad\n- seed=1\n", {"train/generated_tokens": [10, 20, 30]}, wall_s=90)
+    compare_job(one, 1, "- method=gad\n- seed=2\n", {"train/generated_tokens": [10, 10, 10]}, wall_s=110)
+    compare_job(one, 2, "- method=seqkd\n- seed=1\n", {"train/sft_loss": [3, 2, 1]}, wall_s=40)
+    compare_job(two, 0, "- method=soda\n- data=toy_two_teachers\n- seed=1\n", {"train/snapshot_tokens": [7, 7, 7]}, 50)
+    jobs = load_jobs(one, two)
+    assert sorted(jobs.arm) == ["gad", "gad", "seqkd", "soda, 2 teachers"]
+    table = cost_table(jobs).splitlines()
+    assert table[2] == "| gad | 2 | 3 | 100 | 45 |"  # tokens: (60 + 30) / 2; wall: (90 + 110) / 2
+    assert table[3] == "| seqkd | 1 | 3 | 40 | 0 |"
+    assert table[4] == "| soda, 2 teachers | 1 | 3 | 50 | 7 |"  # the snapshot once, not once per step
+    plot_cost(jobs, tmp_path / "cost.png")
+    assert (tmp_path / "cost.png").stat().st_size > 1000
+
+
+def test_the_comparison_sweep_names_every_method():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy_compare"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.method.split(",") == ["gad", "seqkd", "soda", "kd"]
+    for method in ("soda", "kd"):
+        validate(composed("experiment=toy_compare", f"method={method}"))

@@ -3,12 +3,13 @@ snapshot (exactly once per prompt, resumable, the same after an interruption as 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
 import pytest
 import torch
-from conftest import PAD, TINY
+from conftest import PAD, ROOT, TINY, fast_overrides, run_entry
 
 from gad.errors import GADError
 from gad.models import load_student
@@ -93,3 +94,141 @@ def test_snapshot_is_taken_once_per_prompt_and_an_interrupted_one_resumes_to_the
     assert snapshot_file(tmp_path / "run", other, todo) != path  # other settings: another file
     with pytest.raises(GADError, match="no snapshot for 1 prompts"):
         read_snapshot(path, [*whole, "nope"])
+
+
+# ---------------------------------------------------------------- method=soda through the real entry points
+
+SMALL = [  # conf/debug/fast.yaml less its GAD keys, on a 40-prompt dump (the snapshot draws every train prompt)
+    *fast_overrides("method."),
+    "method.steps=4",
+    "callbacks.step_checkpoint.every_n_steps=2",
+]
+
+
+def soda_train(log_dir, dump, *overrides, cache=None):
+    cache = cache or log_dir / "cache"
+    args = [f"paths.log_dir={log_dir}", f"paths.cache_dir={cache}", f"data.path={dump}", "method=soda", *SMALL]
+    proc = run_entry("train.py", *args, *overrides)
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return sorted((log_dir / "train" / "runs").iterdir())[-1]
+
+
+def weights(run):
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dump") / "train.jsonl"
+    path.write_text("".join((ROOT / "data/toy/train.jsonl").read_text().splitlines(keepends=True)[:40]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def soda_run(tmp_path_factory, dump):
+    return soda_train(tmp_path_factory.mktemp("soda"), dump)
+
+
+def test_soda_trains_on_the_toy_world_with_its_snapshot_and_reference(soda_run):
+    rows = [r for r in csv.DictReader(open(soda_run / "metrics.csv")) if r.get("train/step")]
+    assert [float(r["train/step"]) for r in rows] == [1, 2, 3, 4]
+    # step 1: the generator is the reference, so every DPO reward is 0 and the loss is log 2
+    assert abs(float(rows[0]["train/soda_loss"]) - math.log(2)) < 1e-5 and float(rows[0]["train/margin"]) == 0
+    assert float(rows[-1]["train/margin"]) > 0  # DPO moved the student towards the teacher, away from its snapshot
+    snapshot = [json.loads(line) for line in (soda_run / "soda_snapshot.jsonl").read_text().splitlines()]
+    assert len(snapshot) == 32 == len({r["id"] for r in snapshot})  # 40 prompts less the 8 held out, once each
+    assert float(rows[0]["train/snapshot_tokens"]) == sum(r["length"] for r in snapshot)
+    state = weights(soda_run)
+    assert not any(k.startswith("reference.") for k in state)  # saved once, beside the checkpoints
+    reference = torch.load(soda_run / "checkpoints" / "reference.pt", weights_only=True)
+    assert reference.keys() == {
+        f"reference.{k.removeprefix('generator.')}" for k in state if k.startswith("generator.")
+    }
+    assert (soda_run / "student" / "config.json").is_file()  # exported
+
+
+def test_soda_resumed_into_a_new_folder_redraws_a_lost_snapshot_and_ends_with_the_same_weights(
+    soda_run, dump, tmp_path
+):
+    (cached,) = (soda_run.parents[2] / "cache" / "soda_snapshot").glob("*.jsonl")
+    original = cached.read_text()
+    cached.rename(cached.with_suffix(".moved"))  # the resumed run can neither read nor find it: it redraws
+    try:
+        resumed = soda_train(tmp_path, dump, f"ckpt_path={soda_run / 'checkpoints' / 'step_000002.ckpt'}")
+    finally:
+        cached.with_suffix(".moved").rename(cached)
+    redrawn = tmp_path / "cache" / "soda_snapshot" / cached.name
+    # Drawn by the restored reference (the student at step 0) with the same seed: the same responses
+    assert [json.loads(x)["response_ids"] for x in redrawn.read_text().splitlines()] == [
+        json.loads(x)["response_ids"] for x in original.splitlines()
+    ]
+    a, b = weights(soda_run), weights(resumed)
+    # Bit-exact on purpose: both runs ran on this machine, the same ops in the same order from the same state.
+    assert a.keys() == b.keys() and not [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_soda_run_reloads_evaluates_and_reads_in_the_notebook(soda_run, dump, tmp_path, monkeypatch):
+    from gad.analysis import load_discriminator, load_metrics
+    from gad.runs import load_module
+
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}",
+        "progress=false",
+        f"models={{soda: '{soda_run}'}}",
+        f"prompt_sets={{id: '{ROOT / 'data/toy/test_id.jsonl'}'}}",
+        "limit=2",
+        "plot=false",
+        env={"GAD_TRUSTED_PATHS": str(dump.parent)},  # the run trained on a dump outside the project
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("GAD_TRUSTED_PATHS", str(dump.parent))
+    module = load_module(soda_run)
+    assert type(module).__name__ == "SODAModule" and module.completed_steps == 4 and module.reference_ready
+    assert module.snapshot_path and module.snapshot_path.endswith(".jsonl")
+    assert not torch.equal(module.reference.lm_head.weight, module.generator.lm_head.weight)  # the step-0 student
+    metrics = load_metrics(soda_run)
+    assert len(metrics) == 4 and metrics["soda_loss"].notna().all()
+    with pytest.raises(GADError, match="discriminator"):
+        load_discriminator(soda_run)
+
+
+def test_soda_misconfigured_is_one_line():
+    """In this process (src/train.py turns the same GADError into one `error:` line: tests/test_config.py)."""
+    from hydra import compose, initialize_config_dir
+
+    from gad.config.validate import validate
+
+    for override, message in (
+        ("method.beta=0", "method.beta=0 is invalid"),
+        ("method.snapshot.top_p=2", "method.snapshot.top_p=2 is invalid"),
+        ("+method.betta=3", "method.betta: unknown key"),
+    ):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp/x", "method=soda", override]
+            )
+        with pytest.raises(GADError, match=message.replace(".", r"\.")):
+            validate(cfg)
+
+
+def test_soda_on_smollm2_at_tiny_shapes(smollm2, tmp_path):
+    """A real pretrained student (conftest `smollm2`, offline): 4 chat prompts, 8-token snapshot, 2 steps."""
+    from test_real_student import CHAT, tiny
+
+    dump = tmp_path / "chat.jsonl"
+    dump.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": q}], "response": a}) + "\n"
+            for i, (q, a) in enumerate(CHAT)
+        )
+    )
+    args = [f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", *tiny(smollm2, dump)]
+    proc = run_entry("train.py", *args, "method=soda", "method.steps=2", "callbacks.step_checkpoint=null", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = sorted((tmp_path / "train" / "runs").iterdir())[-1]
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/step")]
+    assert len(rows) == 2 and abs(float(rows[0]["train/soda_loss"]) - math.log(2)) < 1e-4
+    snapshot = [json.loads(line) for line in (run / "soda_snapshot.jsonl").read_text().splitlines()]
+    assert len(snapshot) == 4 and all(0 < r["length"] <= 8 for r in snapshot)
+    assert (run / "student" / "config.json").is_file()

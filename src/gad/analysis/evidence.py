@@ -1,7 +1,14 @@
-"""Tables and plots of the toy evidence sweep (conf/experiment/toy_evidence.yaml, docs/results.md).
+"""Tables and plots of the toy evidence sweeps (conf/experiment/toy_evidence.yaml, toy_compare.yaml; docs/results.md).
 
     python src/train.py -m experiment=toy_evidence
     python -m gad.analysis.evidence outputs/toy_evidence/multiruns/<time> --out docs/figures
+    python -m gad.analysis.evidence <sweep> [<sweep> ...] --compare --out docs/figures --prefix compare
+
+An arm is the job's `arm` override, else its `method` override (toy_compare sweeps methods), else gad; a job on
+data=toy_two_teachers is the arm ", 2 teachers". `--compare` prints the methods' table with each arm's cost: the
+job's wall time (config.yaml written -> summary.json written: training plus the toy evaluation before and after,
+the same for every arm) and the tokens its training generated (GAD and KD: the rollouts' `train/generated_tokens`
+summed over steps; SODA: its one-time snapshot, `train/snapshot_tokens`; SeqKD: none).
 
 Reads every finished job of the sweep (its arm and seed from `.hydra/overrides.yaml`, held-out
 results from `summary.json`, per-step metrics from `metrics.csv`), prints a Markdown table of
@@ -28,27 +35,46 @@ from gad.errors import GADError, exit_on_user_error  # noqa: E402
 from gad.step_record import Phase  # noqa: E402
 
 SPLITS = ("in_dist", "out_of_dist")
-ARM_ORDER = ["gad", "seqkd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
+ARM_ORDER = ["gad", "seqkd", "soda", "kd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
+TWO_TEACHERS = ", 2 teachers"  # the suffix of an arm trained on data=toy_two_teachers
+
+
+def arm_rank(arm: str) -> tuple[int, int]:
+    """Sort key: one teacher before two, then ARM_ORDER."""
+    base = arm.removesuffix(TWO_TEACHERS)
+    return (arm != base, ARM_ORDER.index(base) if base in ARM_ORDER else 99)
+
+
 ADVERSARIAL = Phase.ADVERSARIAL.code  # the logged train/phase of the adversarial phase
 
 
-def load_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per finished job: arm, seed, and each result before and after training."""
+def load_jobs(*sweep_dirs: Path) -> pd.DataFrame:
+    """One row per finished job of the sweeps: arm, seed, each result before and after training, and its cost."""
     rows = []
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+    jobs = [p for d in sweep_dirs for p in sorted(d.iterdir()) if p.is_dir() and p.name.isdigit()]
+    for job in jobs:
         summary = job / "summary.json"
         if not summary.is_file():
             continue
         overrides = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-        row = {"job": job, "arm": overrides.get("arm", "gad"), "seed": int(overrides.get("seed", 1234))}
+        arm = overrides.get("arm", overrides.get("method", "gad"))
+        arm += TWO_TEACHERS if overrides.get("data") == "toy_two_teachers" else ""
+        row = {"job": job, "arm": arm, "seed": int(overrides.get("seed", 1234))}
+        config = job / "config.yaml"
+        row["wall_s"] = summary.stat().st_mtime - config.stat().st_mtime if config.is_file() else float("nan")
         for name, values in json.loads(summary.read_text()).get("results", {}).items():
             row.update({f"{name} {when}": value for when, value in values.items()})
         row["metrics"] = pd.read_csv(job / "metrics.csv")  # read once; the curves come from it too
         # The student's NLL of held-out teacher responses after training (the sweep's optimised metric).
         row["val/nll after"] = row["metrics"]["val/nll"].dropna().iloc[-1]
+        metrics = row["metrics"]
+        generated = metrics["train/generated_tokens"].sum() if "train/generated_tokens" in metrics else 0.0
+        snapshot = metrics["train/snapshot_tokens"].max() if "train/snapshot_tokens" in metrics else 0.0
+        row["tokens"] = float(generated) + float(snapshot)
         rows.append(row)
     if not rows:
-        raise GADError(f"{sweep_dir}: no finished jobs (no <job>/summary.json); is it a sweep folder?")
+        where = ", ".join(str(d) for d in sweep_dirs)
+        raise GADError(f"{where}: no finished jobs (no <job>/summary.json); is it a sweep folder?")
     return pd.DataFrame(rows)
 
 
@@ -69,10 +95,26 @@ def results_table(jobs: pd.DataFrame) -> str:
         + " | ".join(cell(before[f"{key} before"]) if f"{key} before" in before else "-" for key, _ in columns)
         + " |"
     )
-    for arm in sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
+    for arm in sorted(jobs.arm.unique(), key=arm_rank):
         group = jobs[jobs.arm == arm]
         lines.append(
             f"| {arm} | {len(group)} | " + " | ".join(cell(group[f"{key} after"]) for key, _ in columns) + " |"
+        )
+    return "\n".join(lines)
+
+
+def cost_table(jobs: pd.DataFrame) -> str:
+    """Markdown: per arm, the steps its students trained, its mean job wall time and tokens generated."""
+    lines = [
+        "| arm | seeds | student steps | job wall time (s) | tokens generated in training |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in sorted(jobs.arm.unique(), key=arm_rank):
+        group = jobs[jobs.arm == arm]
+        steps = sorted({int(m["train/step"].max()) for m in group.metrics})
+        lines.append(
+            f"| {arm} | {len(group)} | {', '.join(map(str, steps))} | {group.wall_s.mean():.0f} "
+            f"| {group.tokens.mean():,.0f} |"
         )
     return "\n".join(lines)
 
@@ -106,7 +148,7 @@ def adversarial_table(jobs: pd.DataFrame) -> str:
 
 
 def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
-    arms = sorted(jobs.arm.unique(), key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99)
+    arms = sorted(jobs.arm.unique(), key=arm_rank)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.38
     for k, split in enumerate(SPLITS):
@@ -116,10 +158,34 @@ def plot_accuracy(jobs: pd.DataFrame, path: Path) -> None:
         ax.bar(xs, means, width, label=split.replace("_", " "))
         for x, arm in zip(xs, arms):
             ax.scatter([x] * len(jobs[jobs.arm == arm]), jobs[jobs.arm == arm][key], color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(arms)), arms)
+    ax.set_xticks(range(len(arms)), [a.replace(TWO_TEACHERS, "\n2 teachers") for a in arms])
     ax.set_ylabel("toy accuracy (greedy)")
     ax.set_title("held-out toy accuracy after training (bars: mean over seeds; dots: seeds)")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cost(jobs: pd.DataFrame, path: Path) -> None:
+    """Each arm's held-out accuracy (mean over seeds) against its job wall time and its generated tokens."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, (cost, label) in zip(axes, [("wall_s", "job wall time (s)"), ("tokens", "tokens generated in training")]):
+        for arm in sorted(jobs.arm.unique(), key=arm_rank):
+            group = jobs[jobs.arm == arm]
+            for split, marker in zip(SPLITS, "os"):
+                y = group[f"toy accuracy ({split}) after"].mean()
+                ax.scatter(
+                    group[cost].mean(),
+                    y,
+                    marker=marker,
+                    color=f"C{arm_rank(arm)[1]}",
+                    alpha=0.5 + 0.5 * (split == SPLITS[0]),
+                )
+            ax.annotate(arm, (group[cost].mean(), group["toy accuracy (in_dist) after"].mean()), fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("toy accuracy (o: in dist, s: out of dist)")
+    fig.suptitle("score against cost, mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -155,25 +221,33 @@ def plot_on_vs_off_policy(jobs: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="outputs/toy_evidence/multiruns/<time>")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the sweep folder)")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", help="outputs/<task>/multiruns/<time> (one or more)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the first sweep's)")
     parser.add_argument(
         "--prefix", default="evidence", help="figure names: <prefix>_accuracy.png, <prefix>_on_vs_off_policy.png"
     )
+    parser.add_argument("--compare", action="store_true", help="the methods' comparison: results and cost per arm")
     args = parser.parse_args()
     with exit_on_user_error():
-        if not args.sweep_dir.is_dir():
-            raise GADError(f"{args.sweep_dir}: no such sweep folder")
-        jobs = load_jobs(args.sweep_dir)
-        out = args.out or args.sweep_dir
+        for folder in args.sweep_dirs:
+            if not folder.is_dir():
+                raise GADError(f"{folder}: no such sweep folder")
+        jobs = load_jobs(*args.sweep_dirs)
+        out = args.out or args.sweep_dirs[0]
         out.mkdir(parents=True, exist_ok=True)
         print(results_table(jobs))
         print()
-        print(adversarial_table(jobs))
-        figures = out / f"{args.prefix}_accuracy.png", out / f"{args.prefix}_on_vs_off_policy.png"
+        figures = [out / f"{args.prefix}_accuracy.png"]
         plot_accuracy(jobs, figures[0])
-        plot_on_vs_off_policy(jobs, figures[1])
-        print(f"\nfigures: {figures[0]}, {figures[1]}")
+        if args.compare:
+            print(cost_table(jobs))
+            figures.append(out / f"{args.prefix}_cost.png")
+            plot_cost(jobs, figures[1])
+        else:
+            print(adversarial_table(jobs))
+            figures.append(out / f"{args.prefix}_on_vs_off_policy.png")
+            plot_on_vs_off_policy(jobs, figures[1])
+        print(f"\nfigures: {', '.join(map(str, figures))}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from gad.models import apply_lora, frozen_copy
 from gad.prompt_sharing import can_share_prompt
 from gad.rollout import Rollout, generation_config
 from gad.step_record import Phase, Scores
+from gad.teachers import per_teacher_means
 
 
 def teacher_then_samples(
@@ -238,6 +239,10 @@ class GADModule(DistillModule):
                 "train/d_loss": loss_total,
                 "train/d_acc": losses.discriminator_accuracy(scores.teacher, scores.student),
             }
+            teachers = batch.get("teachers")
+            if teachers and len(set(teachers)) > 1:  # several teachers: D's mean score of each one's responses
+                for name, value in per_teacher_means(scores.teacher, teachers).items():
+                    metrics[f"train/d_score/{name}"] = value
             if update:
                 metrics["train/grad_norm_d"] = self.step_optimizer("discriminator")
         return scores, metrics
@@ -339,6 +344,7 @@ class GADModule(DistillModule):
             "train/reward_mean": rewards.mean(),
             "train/reward_std": rewards.std(),
             "train/response_len": rollout.lengths.float().mean(),
+            "train/generated_tokens": rollout.lengths.sum(),  # this step's sampled tokens (the evidence's cost)
             "train/teacher_len": batch["response_mask"].sum(-1).float().mean(),
         }
 

@@ -113,6 +113,8 @@ class KDModule(DistillModule):
             prompts, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
             targets, mask = rollout.response_ids, rollout.response_mask
             metrics["train/response_len"] = rollout.lengths.float().mean()
+            # this step's sampled tokens (the evidence table's cost column)
+            metrics["train/generated_tokens"] = rollout.lengths.sum()
             # a sampler that gives its log-probs (method.rollout.engine=vllm): the gap to this step's forward
             sampler_logp = rollout.sampler_logprobs
         else:
