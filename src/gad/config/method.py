@@ -310,3 +310,43 @@ class SeqKDConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.steps >= 1, "steps", self.steps, "must be an integer >= 1")
+
+
+@dataclass
+class SnapshotConfig:
+    """`method.snapshot`: how the one-time student responses are drawn (GAD's rollout sampling)."""
+
+    temperature: float = knob(0.8, "sampling temperature of the snapshot (GAD's rollout temperature)")
+    top_p: float = knob(1.0, "nucleus sampling of the snapshot (1.0 = off)")
+    max_new_tokens: int = knob(1536, "length budget of a snapshot response (conf/method ties it to the data's)")
+    batch_size: int = knob(64, "prompts per generate() call; part of the fingerprint (batches are seeded)")
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0 and finite(self.temperature), "temperature", self.temperature, "must be > 0")
+        require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be an integer >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+
+
+@dataclass
+class SODAConfig(MethodConfig):
+    """`method=soda` (conf/method/soda.yaml). Defaults: the paper's where its available text gives them, else
+    the DPO defaults (gad/soda_losses.py)."""
+
+    target: ClassVar[str] = "gad.methods.soda.SODAModule"
+
+    steps: int = knob(2400, "training steps (batches of prompts; the same budget as SeqKD and GAD)")
+    beta: float = knob(0.1, "DPO's beta: the scale of the log-ratio margin")
+    nll_weight: float = knob(0.0, "weight of the chosen (teacher) responses' token-mean CE added to DPO (0: pure DPO)")
+    snapshot: SnapshotConfig = nested(SnapshotConfig, "the one-time student snapshot's sampling")
+    snapshot_cache: str = knob(".cache", "the snapshot goes to <this>/soda_snapshot/<fingerprint>.jsonl")
+    generator_optimizer: OptimizerConfig = nested(OptimizerConfig, "TRL DPOConfig's learning rate", lr=1.0e-6)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.steps >= 1, "steps", self.steps, "must be an integer >= 1")
+        require(self.beta > 0 and finite(self.beta), "beta", self.beta, "must be a finite number > 0")
+        require(
+            self.nll_weight >= 0 and finite(self.nll_weight), "nll_weight", self.nll_weight, "must be a number >= 0"
+        )
+        require(bool(self.snapshot_cache), "snapshot_cache", self.snapshot_cache, "must name a folder")

@@ -7,7 +7,7 @@ becomes the DPO reference. Each step then, for every row r of the batch (one per
   loss     = DPO's sigmoid loss on summed log-probs (gad/soda_losses.py; beta 0.1), + nll_weight x CE(chosen)
 One forward of the generator over [chosen rows; rejected rows] per micro-batch (one backward through DDP's
 wrapper), one of the reference without grad; no rollouts, no discriminator. Where the paper's available text
-is silent, the choices are gad/soda_losses.py's module doc and SODAConfig's knobs below.
+is silent, the choices are gad/soda_losses.py's module doc and gad.config.method.SODAConfig's knobs.
 
 Where the snapshot lives: `<method.snapshot_cache>/soda_snapshot/<fingerprint>.jsonl` (paths.cache_dir by
 default, so a run resumed into a new run folder finds it), the fingerprint covering the sampling, the seed,
@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gad.config.method import MethodConfig, OptimizerConfig
-from gad.config.typed import finite, knob, nested, require
+from gad.config.method import SODAConfig
 from gad.errors import GADError
 from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.models import frozen_copy
@@ -37,44 +35,6 @@ from gad.soda_snapshot import SnapshotSpec, read_snapshot, snapshot_file, snapsh
 from gad.teachers import per_teacher_means
 
 SNAPSHOT_ENTRY = "soda_snapshot_path"  # the checkpoint entry naming the snapshot file the run trained on
-
-
-@dataclass
-class SnapshotConfig:
-    """`method.snapshot`: how the one-time student responses are drawn (GAD's rollout sampling)."""
-
-    temperature: float = knob(0.8, "sampling temperature of the snapshot (GAD's rollout temperature)")
-    top_p: float = knob(1.0, "nucleus sampling of the snapshot (1.0 = off)")
-    max_new_tokens: int = knob(1536, "length budget of a snapshot response (conf/method ties it to the data's)")
-    batch_size: int = knob(64, "prompts per generate() call; part of the fingerprint (batches are seeded)")
-
-    def __post_init__(self) -> None:
-        require(self.temperature > 0 and finite(self.temperature), "temperature", self.temperature, "must be > 0")
-        require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
-        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be an integer >= 1")
-        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
-
-
-@dataclass
-class SODAConfig(MethodConfig):
-    """`method=soda` (conf/method/soda.yaml). Defaults: the paper's where its available text gives them, else
-    the DPO defaults (gad/soda_losses.py)."""
-
-    steps: int = knob(2400, "training steps (batches of prompts; the same budget as SeqKD and GAD)")
-    beta: float = knob(0.1, "DPO's beta: the scale of the log-ratio margin")
-    nll_weight: float = knob(0.0, "weight of the chosen (teacher) responses' token-mean CE added to DPO (0: pure DPO)")
-    snapshot: SnapshotConfig = nested(SnapshotConfig, "the one-time student snapshot's sampling")
-    snapshot_cache: str = knob(".cache", "the snapshot goes to <this>/soda_snapshot/<fingerprint>.jsonl")
-    generator_optimizer: OptimizerConfig = nested(OptimizerConfig, "TRL DPOConfig's learning rate", lr=1.0e-6)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.steps >= 1, "steps", self.steps, "must be an integer >= 1")
-        require(self.beta > 0 and finite(self.beta), "beta", self.beta, "must be a finite number > 0")
-        require(
-            self.nll_weight >= 0 and finite(self.nll_weight), "nll_weight", self.nll_weight, "must be a number >= 0"
-        )
-        require(bool(self.snapshot_cache), "snapshot_cache", self.snapshot_cache, "must name a folder")
 
 
 def weights_digest(model: torch.nn.Module) -> str:
