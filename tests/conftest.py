@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,22 @@ def toy_run(tmp_path_factory) -> Path:
         if not done.is_file():
             done.write_text(str(train(shared / "toy_run", "callbacks.step_checkpoint.every_n_steps=2")))
     return Path(done.read_text())
+
+
+def sigkill_once_grown(proc: subprocess.Popen, path: Path, min_bytes: int, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as `path` holds more than `min_bytes` (mid-run), and wait for it; fails if the
+    process ended first (it could not be interrupted)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if path.exists() and path.stat().st_size > min_bytes:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "the process finished before it could be killed"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

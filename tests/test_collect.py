@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from chat_server import REFUSAL_TEXT, ChatServer, reply_for
-from conftest import ROOT
+from conftest import ROOT, sigkill_once_grown
 from hydra import compose, initialize_config_dir
 
 from gad.errors import GADError
@@ -349,17 +347,7 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_record_per_prompt(tmp_path
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                if out.exists() and out.stat().st_size > 40 * 150:  # some records in: kill it mid-run
-                    break
-                time.sleep(0.002)
-            assert proc.poll() is None, "the collector finished before it could be killed"
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        sigkill_once_grown(proc, out, 40 * 150)  # some records in: kill it mid-run
         raw = out.read_bytes()
         complete = raw[: raw.rfind(b"\n") + 1].count(b"\n")
         assert 0 < complete < 400

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from chat_server import ChatServer, reply_for
-from conftest import ROOT
+from conftest import ROOT, sigkill_once_grown
 from omegaconf import OmegaConf
 from test_collect import cfg_for, grep_tree, read, write_prompts
 
@@ -70,17 +68,7 @@ def test_two_teachers_sigkilled_mid_run_and_resumed_write_each_pair_exactly_once
             "fsync_interval_s=0",
         ]
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                if out.exists() and out.stat().st_size > 30 * 150:  # some records in: kill it mid-run
-                    break
-                time.sleep(0.002)
-            assert proc.poll() is None, "the collector finished before it could be killed"
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        sigkill_once_grown(proc, out, 30 * 150)  # some records in: kill it mid-run
         raw = out.read_bytes()
         before = [json.loads(line) for line in raw[: raw.rfind(b"\n") + 1].splitlines()]
         assert 0 < len(before) < 300
