@@ -9,7 +9,15 @@ from conftest import ROOT, assert_one_line_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from gad.analysis.evidence import adversarial_table, cost_table, load_jobs, plot_cost, results_table
+from gad.analysis.evidence import (
+    adversarial_table,
+    cost_table,
+    equal_time_steps,
+    load_jobs,
+    plot_accuracy,
+    plot_cost,
+    results_table,
+)
 from gad.config.validate import validate
 
 ARMS = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
@@ -79,7 +87,9 @@ def test_arms_are_named_in_the_experiment_sweep(arm):
     assert arm in cfg.hydra.sweeper.params.arm.split(",") and cfg.hydra.sweeper.params.seed == "1,2,3"
 
 
-def compare_job(sweep, job: int, overrides: str, columns: dict[str, list[float]], wall_s: float) -> None:
+def compare_job(
+    sweep, job: int, overrides: str, columns: dict[str, list[float]], wall_s: float, step_s: float = 0.0
+) -> None:
     """A finished job of experiment=toy_compare: named by its method (and data) override, with cost columns."""
     import os
 
@@ -88,7 +98,7 @@ def compare_job(sweep, job: int, overrides: str, columns: dict[str, list[float]]
     (folder / ".hydra" / "overrides.yaml").write_text(overrides)
     results = {f"toy accuracy ({s})": {"before": 0.0, "after": 0.1} for s in ("in_dist", "out_of_dist")}
     results |= {f"len / teacher ({s})": {"before": 9.0, "after": 1.0} for s in ("in_dist", "out_of_dist")}
-    (folder / "summary.json").write_text(json.dumps({"phases": {}, "results": results}))
+    (folder / "summary.json").write_text(json.dumps({"phases": {}, "results": results, "step_seconds": step_s}))
     names = ["train/step", *columns, "val/nll"]
     rows = [",".join(names)]
     rows += [",".join([str(i + 1), *(str(v[i]) for v in columns.values()), ""]) for i in range(3)]
@@ -101,16 +111,18 @@ def compare_job(sweep, job: int, overrides: str, columns: dict[str, list[float]]
 
 def test_the_comparison_names_arms_by_method_and_teachers_and_counts_their_cost(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    compare_job(one, 0, "- method=gad\n- seed=1\n", {"train/generated_tokens": [10, 20, 30]}, wall_s=90)
-    compare_job(one, 1, "- method=gad\n- seed=2\n", {"train/generated_tokens": [10, 10, 10]}, wall_s=110)
-    compare_job(one, 2, "- method=seqkd\n- seed=1\n", {"train/sft_loss": [3, 2, 1]}, wall_s=40)
-    compare_job(two, 0, "- method=soda\n- data=toy_two_teachers\n- seed=1\n", {"train/snapshot_tokens": [7, 7, 7]}, 50)
+    compare_job(one, 0, "- method=gad\n- seed=1\n", {"train/generated_tokens": [10, 20, 30]}, 90, step_s=80)
+    compare_job(one, 1, "- method=gad\n- seed=2\n", {"train/generated_tokens": [10, 10, 10]}, 110, step_s=100)
+    compare_job(one, 2, "- method=seqkd\n- seed=1\n", {"train/sft_loss": [3, 2, 1]}, wall_s=40, step_s=30)
+    snapshot = {"train/snapshot_tokens": [7, 7, 7], "train/snapshot_s": [0, 0, 0]}
+    compare_job(two, 0, "- method=soda\n- data=toy_two_teachers\n- seed=1\n", snapshot, 50, step_s=20)
     jobs = load_jobs(one, two)
     assert sorted(jobs.arm) == ["gad", "gad", "seqkd", "soda, 2 teachers"]
     table = cost_table(jobs).splitlines()
-    assert table[2] == "| gad | 2 | 3 | 100 | 45 |"  # tokens: (60 + 30) / 2; wall: (90 + 110) / 2
-    assert table[3] == "| seqkd | 1 | 3 | 40 | 0 |"
-    assert table[4] == "| soda, 2 teachers | 1 | 3 | 50 | 7 |"  # the snapshot once, not once per step
+    assert table[2] == "| gad | 2 | 3 | 90 | 100 | 45 |"  # tokens: (60 + 30) / 2; train: (80 + 100) / 2
+    assert table[3] == "| seqkd | 1 | 3 | 30 | 40 | 0 |"
+    # the snapshot counted once, not once per step; no loaded job drew it, so its training time is unknown
+    assert table[4] == "| soda, 2 teachers | 1 | 3 | - | 50 | 7 |"
     plot_cost(jobs, tmp_path / "cost.png")
     assert (tmp_path / "cost.png").stat().st_size > 1000
 
@@ -121,3 +133,29 @@ def test_the_comparison_sweep_names_every_method():
     assert cfg.hydra.sweeper.params.method.split(",") == ["gad", "seqkd", "soda", "kd"]
     for method in ("soda", "kd"):
         validate(composed("experiment=toy_compare", f"method={method}"))
+
+
+def test_equal_time_fills_gad_s_training_time_and_counts_soda_s_snapshot_once_per_seed(tmp_path):
+    steps, timed = tmp_path / "steps", tmp_path / "timed"
+    for seed, gad_s in ((1, 100.0), (2, 140.0)):
+        compare_job(steps, seed * 10, f"- method=gad\n- seed={seed}\n", {"train/kl": [0, 0, 0]}, 150, step_s=gad_s)
+        compare_job(steps, seed * 10 + 1, f"- method=seqkd\n- seed={seed}\n", {"train/kl": [0, 0, 0]}, 30, step_s=6)
+        # seed 1's one-teacher job drew the snapshot (30 s); its two-teacher job found it drawn
+        drawn = {"train/snapshot_s": [30.0 * (seed == 1)] * 3, "train/snapshot_tokens": [9] * 3}
+        compare_job(steps, seed * 10 + 2, f"- method=soda\n- seed={seed}\n", drawn, 60, step_s=9)
+    found = {"train/snapshot_s": [0.0] * 3, "train/snapshot_tokens": [9] * 3}
+    compare_job(steps, 30, "- method=soda\n- data=toy_two_teachers\n- seed=1\n", found, 60, step_s=12)
+    jobs = load_jobs(steps)
+    # GAD's mean training time is 120 s; SeqKD: 2 s a step; SODA: 3 s a step after its snapshot (seed 1: 30 s,
+    # seed 2: none drawn, so unknown and not in the mean)
+    assert equal_time_steps(jobs) == {"seqkd": 60, "soda": 30}
+    two = jobs[jobs.arm == "soda, 2 teachers"].iloc[0]
+    assert two.train_s == 12 + 30  # the snapshot its seed's one-teacher job drew counts for it too
+
+    compare_job(timed, 0, "- method=seqkd\n- method.steps=60\n- seed=1\n", {"train/kl": [0] * 3}, 130, step_s=118)
+    jobs = load_jobs(steps, equal_time=(timed,))
+    assert sorted(set(jobs.arm), key=list(jobs.arm).index)[-1] == "seqkd, equal time"
+    assert "| seqkd, equal time | 1 | 3 | 118 | 130 | 0 |" in cost_table(jobs)
+    assert equal_time_steps(jobs) == {"seqkd": 60, "soda": 30}  # equal-time arms are not rescaled
+    plot_accuracy(jobs, tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000

@@ -4,6 +4,7 @@ figures written to `<run>/figures/`."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,11 +44,18 @@ class RunSummary(L.Callback):
         self.history: dict[Phase | None, list[dict[str, float]]] = defaultdict(list)  # None: methods without phases
         self.steps: list[dict[str, float]] = []  # every step's logged metrics, for the figures
         self.results: dict[str, dict[str, float]] = {}
+        # Wall time of the training steps in this process (each step's batch start to its end: no validation, no
+        # evaluation, nothing before step 1), the cost the methods' comparison puts beside their results.
+        self.step_seconds, self._step_start = 0.0, 0.0
 
     def add_result(self, name: str, **values: float) -> None:
         self.results.setdefault(name, {}).update(values)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module: TrainingModule, outputs, batch, batch_idx: int) -> None:
+        self.step_seconds += time.perf_counter() - self._step_start
         record = pl_module.last_step
         if record is not None:
             self.history[record.phase].append({k: v for k, v in record.metrics.items() if k in COLUMNS})
@@ -71,7 +79,11 @@ class RunSummary(L.Callback):
         phases = self.phase_means()
         labels = {phase: phase.label if phase is not None else UNPHASED for phase in phases}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"phases": {labels[phase]: means for phase, means in phases.items()}, "results": self.results}
+        summary = {
+            "phases": {labels[phase]: means for phase, means in phases.items()},
+            "results": self.results,
+            "step_seconds": self.step_seconds,
+        }
         self.path.write_text(json.dumps(summary, indent=2))
         out = console()
         table = Table(

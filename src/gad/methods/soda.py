@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ class SODAModule(DistillModule):
         self.snapshot: dict[str, list[int]] = {}
         self.snapshot_path: str | None = None  # kept in the checkpoint: a resume reads the same file
         self.snapshot_tokens = 0  # tokens in the snapshot: the method's generation cost
+        self.snapshot_seconds = 0.0  # wall time this process spent drawing it (0 when found already drawn)
 
     @property
     def total_steps(self) -> int:
@@ -105,6 +107,7 @@ class SODAModule(DistillModule):
         if recorded is not None and recorded.name == path.name and self._complete(recorded, ids):
             path = recorded  # where the checkpoint's run wrote it (another cache_dir): read, never written to
         elif self.global_rank == 0:
+            start = time.perf_counter()
             take_snapshot(
                 self.reference,
                 prompts,
@@ -114,6 +117,7 @@ class SODAModule(DistillModule):
                 pad_id=self.tokenizer.pad_token_id,
                 decode=self.tokenizer.decode,
             )
+            self.snapshot_seconds = time.perf_counter() - start
         if self.global_rank == 0:
             run_dir = Path(self.trainer.default_root_dir)
             if run_dir.is_dir():  # a copy beside the run, for reading; the run never reads it back
@@ -202,6 +206,7 @@ class SODAModule(DistillModule):
             "train/snapshot_len": rejected_mask.sum(-1).float().mean(),
             # the method's whole generation cost, drawn once before step 1 (every step: the same number)
             "train/snapshot_tokens": float(self.snapshot_tokens),
+            "train/snapshot_s": self.snapshot_seconds,  # its drawing time in this run (0: drawn by an earlier one)
         }
         teachers = batch.get("teachers")
         if teachers and len(set(teachers)) > 1:
