@@ -442,3 +442,33 @@ def test_length_control_hand_values():
     assert (intercept, slope) == pytest.approx((50.0, 10.0))
     assert math.isnan(lc.regression([1.0, 2.0], [0.0, 1.0])[0])  # too few prompts
     assert math.isnan(lc.regression([40.0, 50.0, 60.0], [-3.0, -2.0, -1.0])[0])  # all shorter: no extrapolation
+
+
+TWO_TEACHERS = ROOT / "data/toy_two_teachers/train.jsonl"  # one record per (id, teacher): toy-rules first
+
+
+def test_a_several_teacher_set_is_one_row_per_prompt_with_its_first_teacher(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from gad.evaluation.select import validation_set
+    from gad.evaluation.sets import load_set
+
+    pset = load_set("two", str(TWO_TEACHERS), limit=3)  # 3 prompts, not 3 records (a prompt and a half)
+    records = read_records(TWO_TEACHERS)[0]
+    assert [r["id"] for r in pset.records] == list(dict.fromkeys(r["id"] for r in records))[:3]
+    assert {r["teacher"] for r in pset.records} == {"toy-rules"}
+    # the first record of an id in the file's order, whatever the teachers' names
+    hand = tmp_path / "hand.jsonl"
+    hand.write_text(
+        "".join(
+            json.dumps({"id": i, "messages": [{"role": "user", "content": q}], "response": f"{t}:{q}", "teacher": t})
+            + "\n"
+            for i, q, t in [("p0", "x", "b"), ("p1", "y", "a"), ("p0", "x", "a"), ("p1", "y", "b")]
+        )
+    )
+    assert [r["response"] for r in load_set("hand", str(hand)).records] == ["b:x", "a:y"]
+    # checkpoint selection's held-out split of a several-teacher run: the same, one row per prompt
+    data = {"path": str(TWO_TEACHERS), "val_size": 5, "seed": 0}
+    monkeypatch.setattr("gad.runs.run_config", lambda run_dir: OmegaConf.create({"data": data}))
+    held = validation_set(OmegaConf.create({"select": {}, "limit": None}), tmp_path).records
+    assert len(held) == 5 == len({r["id"] for r in held}) and {r["teacher"] for r in held} == {"toy-rules"}

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,23 +215,93 @@ def test_soda_misconfigured_is_one_line():
             validate(cfg)
 
 
-def test_soda_on_smollm2_at_tiny_shapes(smollm2, tmp_path):
-    """A real pretrained student (conftest `smollm2`, offline): 4 chat prompts, 8-token snapshot, 2 steps."""
-    from test_real_student import CHAT, tiny
+# ---------------------------------------------------------------- method=soda on a real pretrained student
 
-    dump = tmp_path / "chat.jsonl"
-    dump.write_text(
+SMOL_SODA = ["method=soda", "method.steps=2", "callbacks.step_checkpoint.every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def chat_dump(tmp_path_factory):
+    from test_real_student import CHAT
+
+    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    path.write_text(
         "".join(
             json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": q}], "response": a}) + "\n"
             for i, (q, a) in enumerate(CHAT)
         )
     )
-    args = [f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", *tiny(smollm2, dump)]
-    proc = run_entry("train.py", *args, "method=soda", "method.steps=2", "callbacks.step_checkpoint=null", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = sorted((tmp_path / "train" / "runs").iterdir())[-1]
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/step")]
+    return path
+
+
+@pytest.fixture(scope="module")
+def smol_soda(smollm2, chat_dump, tmp_path_factory):
+    """A real pretrained student (conftest `smollm2`, offline): 4 chat prompts (and 2 held out), 8-token snapshot,
+    2 steps, a step checkpoint after each (step_000001.ckpt: the resume test's start)."""
+    from test_real_student import tiny, train
+
+    run = train(tmp_path_factory.mktemp("smol_soda"), *tiny(smollm2, chat_dump), *SMOL_SODA)
+    yield run
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # ~2 GB: pytest keeps its last 3 temp folders
+
+
+def test_soda_on_smollm2_at_tiny_shapes(smol_soda):
+    from test_real_student import SMOLLM_VOCAB
+    from transformers import AutoTokenizer
+
+    rows = [r for r in csv.DictReader(open(smol_soda / "metrics.csv")) if r.get("train/step")]
     assert len(rows) == 2 and abs(float(rows[0]["train/soda_loss"]) - math.log(2)) < 1e-4
-    snapshot = [json.loads(line) for line in (run / "soda_snapshot.jsonl").read_text().splitlines()]
+    snapshot = [json.loads(line) for line in (smol_soda / "soda_snapshot.jsonl").read_text().splitlines()]
     assert len(snapshot) == 4 and all(0 < r["length"] <= 8 for r in snapshot)
-    assert (run / "student" / "config.json").is_file()
+    assert (smol_soda / "student" / "config.json").is_file()  # exported, with the student's own tokenizer
+    tok = AutoTokenizer.from_pretrained(smol_soda / "student")
+    assert len(tok) == SMOLLM_VOCAB and tok.eos_token == "<|im_end|>"
+
+
+def test_soda_on_smollm2_resumed_into_a_new_folder_ends_with_the_same_weights(smol_soda, smollm2, chat_dump, tmp_path):
+    from safetensors.torch import load_file
+    from test_real_student import steps, tiny, train
+
+    step1 = smol_soda / "checkpoints" / "step_000001.ckpt"
+    # No checkpoints of its own (each ~1.6 GB to write): the exported student holds the weights to compare.
+    resumed = train(
+        tmp_path, *tiny(smollm2, chat_dump), *SMOL_SODA, f"ckpt_path={step1}", "callbacks.step_checkpoint=null"
+    )
+    assert [float(r["train/step"]) for r in steps(resumed)] == [2]
+    # another cache_dir: the resumed run reads the snapshot file its checkpoint names, and draws nothing
+    assert not (tmp_path / "cache" / "soda_snapshot").exists()
+    assert (resumed / "soda_snapshot.jsonl").read_text() == (smol_soda / "soda_snapshot.jsonl").read_text()
+    a, b = (load_file(run / "student" / "model.safetensors") for run in (smol_soda, resumed))
+    base = load_file(smollm2 / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if k in base and not torch.equal(a[k], base[k])]  # it trained
+    # Bit-exact on purpose: the resumed and the uninterrupted run ran on this machine, the same ops in the
+    # same order from the same state; any difference is a resume bug, not rounding.
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_soda_on_smollm2_evaluates_and_reads_in_the_notebook(smol_soda, chat_dump, tmp_path, monkeypatch):
+    from gad.analysis import load_metrics
+    from gad.runs import load_module
+
+    trusted = {"GAD_TRUSTED_PATHS": str(chat_dump.parent)}  # the run trained on a dump outside the project
+    proc = run_entry(
+        "eval.py",
+        f"paths.log_dir={tmp_path}",
+        "progress=false",
+        f"models={{soda: '{smol_soda}'}}",
+        f"prompt_sets={{chat: '{chat_dump}'}}",
+        "limit=2",
+        "generation.max_new_tokens=8",
+        "plot=false",
+        env=trusted,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = Path(re.search(r"^outputs: (.+)$", proc.stdout, re.M).group(1))
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [(r["model"], r["set"], r["n"]) for r in rows] == [("soda", "chat", 2)]
+    assert 0 < rows[0]["tokens_mean"] <= 8 and math.isfinite(rows[0]["perplexity"])
+    monkeypatch.setenv(*trusted.popitem())
+    module = load_module(smol_soda)
+    assert type(module).__name__ == "SODAModule" and module.completed_steps == 2 and module.reference_ready
+    metrics = load_metrics(smol_soda)
+    assert len(metrics) == 2 and metrics["soda_loss"].notna().all()

@@ -30,7 +30,7 @@ from gad.evaluation.config import METRICS, SelectConfig, harness_metric
 from gad.evaluation.evaluate import EXIT_INCOMPLETE, score
 from gad.evaluation.harness import harness_for
 from gad.evaluation.model_specs import CKPT, ModelSpec, fingerprint
-from gad.evaluation.sets import PromptSet, load_set
+from gad.evaluation.sets import PromptSet, load_set, one_per_prompt
 
 
 def validation_set(cfg: DictConfig, run_dir: Path) -> PromptSet:
@@ -53,6 +53,7 @@ def validation_set(cfg: DictConfig, run_dir: Path) -> PromptSet:
         skip_invalid=bool(data.get("skip_invalid", False)),
     )
     _, held = validation_split(records, int(data.val_size), int(data.seed))
+    held = one_per_prompt(held)  # as any prompt set: once per prompt, its first teacher's response
     if cfg.get("limit"):
         held = held[: int(cfg.limit)]
     return PromptSet("validation", f"{data.path} (held-out validation split of {run_dir.name})", held)

@@ -4,6 +4,8 @@
 {path, split, columns, limit}: `columns` maps canonical fields to source columns, as in the
 data config (the released LMSYS test split: {id: null, messages: content, response: teacher_response}).
 The teacher response is optional (prompts-only sets get no teacher-based metrics).
+A several-teacher dump (one record per (id, teacher): gad.teachers) is evaluated once per prompt: the id's
+first record in the file is kept, its teacher's response the one teacher-based metrics use; `limit` counts prompts.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class PromptSetSpec:
         require(self.limit is None or self.limit >= 1, "limit", self.limit, "must be null or an integer >= 1")
 
 
+def one_per_prompt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first record of each id, in the file's order (a several-teacher dump's other teachers dropped)."""
+    first: dict[str, dict[str, Any]] = {}
+    for record in records:
+        first.setdefault(record["id"], record)
+    return list(first.values())
+
+
 def load_set(name: str, spec: Any, limit: int | None = None) -> PromptSet:
     check_name("prompt_sets", name)
     spec = typed(PromptSetSpec, {"path": spec} if isinstance(spec, str) else spec, f"prompt_sets.{name}")
@@ -57,5 +67,6 @@ def load_set(name: str, spec: Any, limit: int | None = None) -> PromptSet:
         records, _ = read_records(spec.path, spec.columns, split=spec.split, require_response=False)
     except GADError as err:
         raise GADError(f"prompt_sets.{name}: {err}") from None
+    records = one_per_prompt(records)
     cap = limit if spec.limit is None else spec.limit  # `limit` (checked by gad.evaluation.config.check)
     return PromptSet(name, spec.path, records[:cap] if cap is not None else records)
