@@ -251,7 +251,7 @@ def _leaves(node, prefix=""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("name", ["gad", "kd", "seqkd", "soda"])
+@pytest.mark.parametrize("name", ["gad", "kd", "seqkd", "soda", "ropd"])
 def test_a_method_yaml_says_only_what_differs_from_its_dataclass(name):
     """conf/method/<name>.yaml and its dataclass agree: every key it sets is a knob of the dataclass (also in its
     `toy:` sizes), none restates a default, and the composed node holds exactly the dataclass's knobs, each at

@@ -88,15 +88,17 @@ def discriminator_accuracy(teacher_scores: torch.Tensor, student_scores: torch.T
 # ---------------------------------------------------------------- generator
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
     """GRPO advantages: rewards [B, N] normalised within each prompt's group of N samples.
 
     Uses the unbiased standard deviation, as verl does. A group whose rewards are all equal
-    gets zero advantage (no signal), not a division by zero.
+    gets zero advantage (no signal), not a division by zero. `scale=False`: the mean is subtracted
+    only (verl's `norm_adv_by_std_in_grpo: false`, ROPD's official setting).
     """
-    mean = rewards.mean(dim=-1, keepdim=True)
-    std = rewards.std(dim=-1, keepdim=True)
-    return (rewards - mean) / (std + eps)
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (rewards.std(dim=-1, keepdim=True) + eps)
 
 
 def ppo_clip_loss(

@@ -1,7 +1,8 @@
 """Configs: the typed definition of each config concern, and the validation of a composed config.
 
     typed.py     a composed node -> its dataclass, every problem one line naming its key
-    method.py    method (GAD, KD and its teacher, SeqKD; optimizers, schedulers, reward terms)
+    method.py    method (GAD, KD and its teacher, SeqKD, SODA; optimizers, schedulers, reward terms)
+    ropd.py      method=ropd (ROPD and its grader endpoint), imported by registry.py
     registry.py  the methods there are, and the targets a received run config may name
     data.py      data (the teacher-data replay)
     model.py     model.lora

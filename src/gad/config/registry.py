@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+import gad.config.ropd  # noqa: F401  (ROPD's config, kept apart for gad/config/method.py's size: found by `target`)
 from gad.config.method import MethodConfig
 from gad.config.typed import defaults
 from gad.errors import GADError
