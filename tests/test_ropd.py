@@ -46,7 +46,7 @@ def test_reward_of_a_hand_written_rubric_and_judgements_is_the_hand_computation(
     judgements = parse_verdicts(json.dumps(VERDICTS), answers=3, items=4)
     rewards = [rubric_reward([c.points for c in rubric], j) for j in judgements]
     # s_i = sum_k w_k v_ik / (sum_k w_k + eps): (5 + 2 + 1) / 11, (2 + 1) / 11, 0 / 11
-    assert rewards == [8 / (11 + EPS), 3 / (11 + EPS), 0.0]
+    assert rewards == pytest.approx([8 / (11 + EPS), 3 / (11 + EPS), 0.0], rel=1e-12, abs=1e-12)
     # GRPO as the official config runs it (norm_adv_by_std_in_grpo: false): centred within the group only
     adv = losses.group_advantages(torch.tensor([rewards]), scale=False)
     assert torch.allclose(adv, torch.tensor([[8 / 11 - 11 / 33, 3 / 11 - 11 / 33, -11 / 33]]), atol=1e-6)

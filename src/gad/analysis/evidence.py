@@ -43,7 +43,7 @@ from gad.errors import GADError, exit_on_user_error  # noqa: E402
 from gad.step_record import Phase  # noqa: E402
 
 SPLITS = ("in_dist", "out_of_dist")
-ARM_ORDER = ["gad", "seqkd", "soda", "kd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
+ARM_ORDER = ["gad", "seqkd", "soda", "kd", "ropd", "off_policy", "no_g_warmup", "no_d_warmup", "bce"]
 TWO_TEACHERS = ", 2 teachers"  # the suffix of an arm trained on data=toy_two_teachers
 EQUAL_TIME = ", equal time"  # the suffix of an arm of an equal-time sweep (its steps fill GAD's training time)
 
