@@ -31,10 +31,10 @@ def test_committed_notebooks_are_stripped():
     assert not dirty, "notebooks with outputs or execution counts (clear them before committing): " + ", ".join(dirty)
 
 
-def test_notebook_executes_headless(tmp_path_factory, monkeypatch):
+def execute(run_dir: Path, monkeypatch) -> tuple[dict, dict]:
+    """Run the notebook headless on `run_dir`: each code cell's outputs, and their text, by cell id."""
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    run_dir = tiny_run(tmp_path_factory)
     # The kernel inherits this environment: the run to read, no display, offline.
     monkeypatch.setenv("GAD_RUN_DIR", str(run_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -45,11 +45,16 @@ def test_notebook_executes_headless(tmp_path_factory, monkeypatch):
         nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
     )
     client.execute()  # raises CellExecutionError on the first failing cell
-
     outputs = {cell.id: cell.outputs for cell in nb.cells if cell.cell_type == "code"}
     text = {
         k: "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in v) for k, v in outputs.items()
     }
+    return outputs, text
+
+
+def test_notebook_executes_headless(tmp_path_factory, monkeypatch):
+    run_dir = tiny_run(tmp_path_factory)
+    outputs, text = execute(run_dir, monkeypatch)
     assert str(run_dir) in text["setup"] and "adversarial phase from step 5" in text["setup"]
     for figure_cell in ("curves", "hist", "hack-corr", "hack-len"):
         assert any("image/png" in o.get("data", {}) for o in outputs[figure_cell]), figure_cell

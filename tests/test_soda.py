@@ -305,3 +305,11 @@ def test_soda_on_smollm2_evaluates_and_reads_in_the_notebook(smol_soda, chat_dum
     assert type(module).__name__ == "SODAModule" and module.completed_steps == 2 and module.reference_ready
     metrics = load_metrics(smol_soda)
     assert len(metrics) == 2 and metrics["soda_loss"].notna().all()
+    # The notebook, executed headless: the run's own curves, and one line for each section about a discriminator.
+    from test_notebook import execute
+
+    outputs, text = execute(smol_soda, monkeypatch)
+    assert "SODAModule, 2 steps, no discriminator" in text["setup"]
+    assert any("image/png" in o.get("data", {}) for o in outputs["curves"])
+    for cell in ("hist", "hack-corr", "examples", "score-pairs"):
+        assert "SODAModule trains no discriminator" in text[cell], cell

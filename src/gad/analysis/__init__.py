@@ -5,6 +5,7 @@ Used by `notebooks/discriminator_scores.ipynb`; `python -m gad.analysis` exports
 
 from gad.analysis.plots import (
     plot_length_over_training,
+    plot_method_curves,
     plot_score_histograms,
     plot_score_vs_length,
     plot_training_curves,
@@ -39,6 +40,7 @@ __all__ = [
     "load_rollouts",
     "metrics_frame",
     "plot_length_over_training",
+    "plot_method_curves",
     "plot_score_histograms",
     "plot_score_vs_length",
     "plot_training_curves",

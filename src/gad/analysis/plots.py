@@ -219,6 +219,42 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+# The curves of a method that trains no discriminator (SeqKD, KD, SODA, ROPD): metric -> panel title. Each panel
+# is drawn when the run logged its metric, in this order, at most six.
+METHOD_CURVES = {
+    "sft_loss": "CE of the teacher responses",
+    "loss": "KD loss",
+    "soda_loss": "SODA loss (DPO)",
+    "margin": "DPO margin: chosen - rejected reward",
+    "pref_acc": "preference accuracy (margin > 0)",
+    "reward_mean": "reward of the student's samples (mean)",
+    "teacher_reward": "reward of the teacher responses (mean)",
+    "kl": "KL to the reference",
+    "response_len": "student sample length (tokens)",
+}
+
+
+def plot_method_curves(metrics: pd.DataFrame, title: str | None = None) -> Figure:
+    """The run's own training curves when it has no discriminator (`METHOD_CURVES`, those it logged); the
+    warm-up / policy boundary as `plot_training_curves` draws it, when the run has phases."""
+    shown = [c for c in METHOD_CURVES if c in metrics.columns and not metrics[c].isna().all()][:6]
+    fig = Figure(figsize=(5 * max(1, min(3, len(shown))), 4 * (1 + (len(shown) > 3))), layout="constrained")
+    if not shown:
+        _not_logged(fig.subplots(), "no known training curve")
+        return fig
+    axes = np.atleast_1d(fig.subplots(1 + (len(shown) > 3), min(3, len(shown)), sharex=True)).ravel()
+    boundary = warmup_end(metrics)
+    for ax, column in zip(axes, shown):
+        _series(ax, metrics, column, color=STUDENT_COLOR)
+        mark_boundary(ax, boundary, label=False)
+        ax.set(title=METHOD_CURVES[column], xlabel="training step")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    fig.suptitle(title or "training curves", fontsize=14)
+    return fig
+
+
 RUN_FIGURES = ("training_curves.png", "d_score_histograms.png", "response_length.png")
 
 
