@@ -45,13 +45,6 @@ PAD = 256
 FAST = ["debug=fast"]
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pyproject's addopts): one worker more than the usable CPUs. The suite waits on subprocess
-    start-ups and checkpoint writes much of the time (on 2 cores with a worker each, about a sixth of the CPU
-    time stayed idle), so a third worker fills that; every test stays single-threaded in its subprocesses."""
-    return len(os.sched_getaffinity(0)) + 1
-
-
 def fast_overrides(*without: str) -> list[str]:
     """conf/debug/fast.yaml as command-line overrides, less those whose key starts with one of `without`.
 
