@@ -162,20 +162,27 @@ def smollm2() -> Path:
 # The slowest files first: pytest-xdist (--dist loadfile, --no-loadscope-reorder) hands out files in
 # collection order, so these start at once and the many quick files fill in around them. (Its default
 # order, by number of tests, left these few-test, multi-process files for last and a long tail.)
-SLOWEST_FILES = [
+SLOWEST_FILES = [  # by their summed test time in `pytest --durations=0` (2026-12-05), heaviest first
     "test_real_student.py",
-    "test_fsdp.py",
-    "test_distributed.py",
-    "test_kd_ddp.py",
-    "test_train.py",
     "test_run_lifecycle.py",
-    "test_run_folders.py",
-    "test_trust_loading.py",
+    "test_fsdp.py",
+    "test_soda.py",
     "test_eval.py",
-    "test_harness.py",
-    "test_extending.py",
+    "test_train.py",
     "test_received_files.py",
+    "test_harness.py",
+    "test_distributed.py",
+    "test_trust_loading.py",
+    "test_extending.py",
+    "test_kd_ddp.py",
     "test_lora.py",
+    "test_notebook.py",
+    "test_run_folders.py",
+    "test_two_teachers_train.py",
+    "test_config.py",
+    "test_crashes.py",
+    "test_kd_train.py",
+    "test_ropd.py",
 ]
 
 
