@@ -1,6 +1,6 @@
 """The methods side by side on the toy world (docs/results.md, section 4): every sweep, then the tables and figures.
 
-    python bench/toy_compare.py            # ~1 hour on 2 CPU cores; prints the tables, figures in its folder
+    python bench/toy_compare.py            # about 40 minutes on 2 CPU cores; prints the tables, figures in its folder
     python bench/toy_compare.py --write    # also docs/measured/toy_compare.md and docs/figures/compare_*.png
 
 1. Equal steps, one teacher: `experiment=toy_compare` (GAD, SeqKD, SODA, KD; each method's toy sizes: 160

@@ -26,7 +26,7 @@ from gad.methods.optim import NetworkOptim, partial_of
 from gad.models import apply_lora, has_lora, plain_from_state
 from gad.packing import packed_response_logits, plan_packs
 from gad.prompt_sharing import forward_after_prompt
-from gad.rollout import HFSampler, Rollout, Sampler, rollout_from_rows
+from gad.rollout import HFSampler, Rollout, Sampler, generation_config, rollout_from_rows
 from gad.step_record import Phase, Scores, StepRecord
 
 
@@ -151,18 +151,18 @@ class DistillModule(L.LightningModule):
         self.synced.clear()
 
     def use_hf_sampler(self) -> None:
-        """The default sampler (gad.rollout.HFSampler) with this method's rollout settings: call it once those
-        (`rollout_batch_size`, `share_prompt`, `rollout_segment_tokens`) are set."""
+        """The default HFSampler: call it once rollout_batch_size, share_prompt and rollout_segment_tokens are set."""
         self.sampler = HFSampler(
-            eos_ids=self.eos_ids,
-            pad_id=self.tokenizer.pad_token_id,
-            micro_batch_size=self.rollout_batch_size,
-            share_prompt=self.share_prompt,
-            segment_tokens=self.rollout_segment_tokens,
-        )
+            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, micro_batch_size=self.rollout_batch_size,
+            share_prompt=self.share_prompt, segment_tokens=self.rollout_segment_tokens,
+        )  # fmt: skip
 
-    def use_configured_sampler(self) -> None:
-        """The sampler `method.rollout.engine` names: `use_hf_sampler`'s, or gad.vllm_rollout.VLLMSampler."""
+    def use_configured_sampler(self, *, max_new_tokens: int, temperature: float, top_p: float) -> None:
+        """`self.sampling` (the rollout's law) and the sampler `method.rollout.engine` names (HF or vLLM)."""
+        eos_pad = {"eos_ids": self.eos_ids, "pad_id": self.tokenizer.pad_token_id}
+        self.sampling = generation_config(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **eos_pad
+        )
         if self.config.rollout.engine != "vllm":
             return self.use_hf_sampler()
         from gad.vllm_rollout import VLLMSampler, engine_options  # vLLM itself is imported at the first rollout

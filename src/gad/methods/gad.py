@@ -26,7 +26,7 @@ from gad.methods.base import DistillModule, micro_batches, packed_micro_batches
 from gad.methods.optim import NetworkOptim, partial_of
 from gad.methods.policy import PolicyGradient
 from gad.models import apply_lora, frozen_copy
-from gad.rollout import Rollout, generation_config
+from gad.rollout import Rollout
 from gad.step_record import Phase, Scores
 from gad.teachers import per_teacher_means
 
@@ -83,14 +83,7 @@ class GADModule(PolicyGradient, DistillModule):
         self.off_policy, self.off_policy_d_steps = c.off_policy, c.off_policy_d_steps if c.off_policy else 0
         self.rollout_batch_size, self.rollout_segment_tokens = c.rollout_batch_size, c.rollout_segment_tokens
         self.share_prompt = c.share_prompt
-        self.sampling = generation_config(
-            max_new_tokens=c.max_new_tokens,
-            eos_ids=self.eos_ids,
-            pad_id=tokenizer.pad_token_id,
-            temperature=c.temperature,
-            top_p=c.top_p,
-        )
-        self.use_configured_sampler()  # method.rollout.engine
+        self.use_configured_sampler(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
         # model.lora.discriminator: the trunk trains adapters only; the scalar head is trained in full.
         discriminator.trunk = apply_lora(discriminator.trunk, self.lora, "discriminator")
         self.discriminator = discriminator

@@ -28,7 +28,6 @@ from gad.config.model import LoraConfig
 from gad.kd_teachers import Teacher, TeacherDists, build_teacher
 from gad.losses import masked_sum, rollout_logprob_gap
 from gad.methods.base import DistillModule
-from gad.rollout import generation_config
 
 
 def at_tokens(dists: TeacherDists, real: torch.Tensor) -> TeacherDists:
@@ -49,14 +48,7 @@ class KDModule(DistillModule):
         self.softening_temperature, self.on_policy = c.softening_temperature, c.on_policy
         self.num_samples, self.rollout_batch_size = c.samples_per_prompt, c.rollout_batch_size
         self.rollout_segment_tokens = c.rollout_segment_tokens
-        self.sampling = generation_config(
-            max_new_tokens=c.max_new_tokens,
-            eos_ids=self.eos_ids,
-            pad_id=tokenizer.pad_token_id,
-            temperature=c.rollout_temperature,
-            top_p=c.top_p,
-        )
-        self.use_configured_sampler()  # method.rollout.engine
+        self.use_configured_sampler(max_new_tokens=c.max_new_tokens, temperature=c.rollout_temperature, top_p=c.top_p)
         # alpha = 1 from the first step is plain SeqKD: the teacher is never asked anything.
         self.needs_teacher = c.alpha < 1 or c.alpha_warmup_steps > 0
         self.teacher: Teacher | None = build_teacher(c.teacher) if self.needs_teacher else None

@@ -37,7 +37,7 @@ from gad.config.ropd import ROPDConfig
 from gad.methods.base import DistillModule
 from gad.methods.policy import PolicyGradient
 from gad.models import frozen_copy
-from gad.rollout import Rollout, generation_config
+from gad.rollout import Rollout
 from gad.ropd_grader import Grader, Group, step_metrics
 from gad.teachers import prompt_view
 
@@ -68,14 +68,7 @@ class ROPDModule(PolicyGradient, DistillModule):
         self.kl_coef, self.clip_ratio, self.scale_advantages = c.kl_coef, c.clip_ratio, c.scale_advantages
         self.share_prompt = c.share_prompt
         self.rollout_batch_size, self.rollout_segment_tokens = c.rollout_batch_size, c.rollout_segment_tokens
-        self.sampling = generation_config(
-            max_new_tokens=c.max_new_tokens,
-            eos_ids=self.eos_ids,
-            pad_id=tokenizer.pad_token_id,
-            temperature=c.temperature,
-            top_p=c.top_p,
-        )
-        self.use_configured_sampler()  # method.rollout.engine
+        self.use_configured_sampler(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
         # Built now (filled at the first rubric step) so a checkpoint always has the same keys; none without KL.
         self.reference: torch.nn.Module | None = frozen_copy(self.generator) if c.kl_coef > 0 else None
         self.reference_ready = False
