@@ -103,7 +103,7 @@ def gad_run(tmp_path_factory, smollm2, dump):
     """1 warm-up step, then 2 adversarial steps; checkpoints step_2 (the first adversarial step) and last."""
     run = train(tmp_path_factory.mktemp("gad"), *tiny(smollm2, dump), *GAD)
     yield run
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # GBs: pytest keeps its last 3 temp folders
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # GBs, needed by no later module: free the disk now
 
 
 def test_gad_resumed_in_the_adversarial_phase_ends_with_the_same_weights(gad_run, smollm2, dump, tmp_path):

@@ -242,7 +242,7 @@ def smol_soda(smollm2, chat_dump, tmp_path_factory):
 
     run = train(tmp_path_factory.mktemp("smol_soda"), *tiny(smollm2, chat_dump), *SMOL_SODA)
     yield run
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # ~2 GB: pytest keeps its last 3 temp folders
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # GBs, needed by no later module: free the disk now
 
 
 def test_soda_on_smollm2_at_tiny_shapes(smol_soda):
