@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from warm_start import WarmStarter
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,12 +68,27 @@ def fast_overrides(*without: str) -> list[str]:
 
 
 def run_entry(
-    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300, input: str | None = None
+    script: str,
+    *args: str,
+    cwd: Path = ROOT,
+    env: dict | None = None,
+    timeout: int = 300,
+    input: str | None = None,
+    warm: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin)."""
+    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin).
+
+    Forked from this test process's warm interpreter (tests/warm_start.py) where that runs it the same, else a
+    plain subprocess; `warm=False`: always a plain one (what a user's terminal shows, import-time output included).
+    """
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    path = ROOT / "src" / script
+    if warm:
+        proc = WARM.run(path, list(args), env=full_env, cwd=cwd, timeout=timeout, input=input)
+        if proc is not None:
+            return proc
     return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
+        [sys.executable, str(path), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -80,6 +96,17 @@ def run_entry(
         timeout=timeout,
         input=input,
     )
+
+
+# The entry scripts' warm interpreter for this test process: started at its first run, with the environment the
+# tests start with (a run under another one is a plain subprocess), stopped when the session ends.
+WARM = WarmStarter(env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_entry_scripts():
+    yield WARM
+    WARM.close()
 
 
 def train(log_dir: Path, *overrides: str, fast: bool = True) -> Path:

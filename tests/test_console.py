@@ -46,7 +46,9 @@ NOISE = [
 def default_run(tmp_path_factory):
     """A piped `python src/train.py` with the default console (fresh cache: the dataset is built)."""
     log_dir = tmp_path_factory.mktemp("logs")
-    proc = run_entry("train.py", f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *QUIET_FAST)
+    proc = run_entry(  # a fresh interpreter: what the libraries print as they load is part of the terminal
+        "train.py", f"paths.log_dir={log_dir}", f"paths.cache_dir={log_dir}/cache", *QUIET_FAST, warm=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = sorted((log_dir / "train" / "runs").iterdir())[-1]
     return proc, run
