@@ -67,9 +67,16 @@ def fast_overrides(*without: str) -> list[str]:
 
 
 def run_entry(
-    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300, input: str | None = None
+    script: str,
+    *args: str,
+    cwd: Path = ROOT,
+    env: dict | None = None,
+    timeout: int = 300,
+    input: str | None = None,
+    preexec_fn=None,
 ) -> subprocess.CompletedProcess:
-    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin)."""
+    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin;
+    `preexec_fn`: run in the child before the script starts, e.g. to set a resource limit)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
@@ -79,6 +86,7 @@ def run_entry(
         text=True,
         timeout=timeout,
         input=input,
+        preexec_fn=preexec_fn,
     )
 
 
