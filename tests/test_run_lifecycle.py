@@ -159,7 +159,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fil
     with pytest.raises(GADError) as err:
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
     message = str(err.value)
-    assert str(path) in message and "No space left on device" in message and "\n" not in message
+    assert str(path) in message and "no space left on device" in message and "\n" not in message
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 

@@ -52,11 +52,12 @@ def user_error(err: BaseException | None) -> GADError | None:
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a `GADError` (raised directly or wrapped) into `error: <message>` on stderr and exit status 2."""
+    """Turn a `GADError` (raised directly or wrapped), or a full disk, into `error: <message>` on stderr and exit
+    status 2."""
     try:
         yield
     except Exception as err:
-        found = user_error(err)
+        found = user_error(err) or unplaced_full_disk(err)
         if found is None:
             raise
         print(f"error: {one_line(found)}", file=sys.stderr, flush=True)
@@ -86,9 +87,9 @@ _OUT_OF_SPACE = {  # errno: (what happened, what to do; {} is the config key tha
 _RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def out_of_space(err: BaseException | None) -> int | None:
-    """The errno (ENOSPC, EDQUOT or EFBIG) of a full disk, quota or file-size limit anywhere in `err`'s chain
-    (torch.save turns a failed write into a RuntimeError whose context is the OSError), or None."""
+def _full_disk(err: BaseException | None) -> tuple[BaseException, int] | None:
+    """The exception in `err`'s chain (causes and contexts) that says the disk, a quota or a file-size limit is
+    full, with its errno (torch.save turns a failed write into a RuntimeError whose context is the OSError)."""
     seen: set[int] = set()
     todo = [err]
     while todo:
@@ -97,12 +98,18 @@ def out_of_space(err: BaseException | None) -> int | None:
             continue
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in _OUT_OF_SPACE:
-            return err.errno
+            return err, err.errno
         found = _RUST_IO_ERROR.search(str(err)) if not isinstance(err, OSError) else None
         if found and int(found.group(1)) in _OUT_OF_SPACE:
-            return int(found.group(1))
+            return err, int(found.group(1))
         todo += [err.__cause__, err.__context__]
     return None
+
+
+def out_of_space(err: BaseException | None) -> int | None:
+    """The errno (ENOSPC, EDQUOT or EFBIG) of a full disk, quota or file-size limit anywhere in `err`'s chain, or None."""
+    found = _full_disk(err)
+    return None if found is None else found[1]
 
 
 def _size(n: float) -> str:
@@ -124,6 +131,11 @@ def free_space(path: str | os.PathLike) -> str:
         return "free space unknown"
 
 
+def _full_disk_message(path: object, code: int, setting: str, then: str) -> str:
+    what, remedy = _OUT_OF_SPACE[code]
+    return f"cannot write {path}: {what} ({free_space(path)}); {remedy.format(setting)}, then {then}"
+
+
 @contextlib.contextmanager
 def writing(
     path: str | os.PathLike, resume: str | os.PathLike | None = None, setting: str = "paths.log_dir"
@@ -139,10 +151,21 @@ def writing(
         if code is None or user_error(err) is not None:
             raise
         then = f"resume with ckpt_path={resume}" if resume is not None and os.path.exists(resume) else "run again"
-        what, remedy = _OUT_OF_SPACE[code]
-        raise GADError(
-            f"cannot write {path}: {what} ({free_space(path)}); {remedy.format(setting)}, then {then}"
-        ) from err
+        raise GADError(_full_disk_message(path, code, setting, then)) from err
+
+
+def unplaced_full_disk(err: BaseException | None) -> GADError | None:
+    """A full disk in a write no `writing` block covers (a log line, metrics.csv) as a `GADError` too, naming the
+    file the OSError names: the big writes (checkpoints, the export) say more, but none ends in a traceback."""
+    found = _full_disk(err)
+    if found is None:
+        return None
+    what, remedy = _OUT_OF_SPACE[found[1]]
+    path = getattr(found[0], "filename", None)
+    then = "run again, or resume a training run with ckpt_path=<its checkpoints/last.ckpt>"
+    if path is None:
+        return GADError(f"a write failed: {what}; {remedy.format('paths.log_dir')}, then {then}")
+    return GADError(_full_disk_message(path, found[1], "paths.log_dir", then))
 
 
 def _in_multirun() -> bool:
