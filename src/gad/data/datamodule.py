@@ -69,7 +69,7 @@ def save_cache(splits: datasets.DatasetDict, stats: dict[str, Any], cached: Path
         try:
             splits.save_to_disk(str(staging))
             (staging / "stats.json").write_text(json.dumps(stats))  # last: marks the folder complete
-        except BaseException:
+        except Exception:  # a failed write; a killed or interrupted build's leftover goes with the next build
             shutil.rmtree(staging, ignore_errors=True)  # a `.partial-` name no reader takes: no need to move it aside
             raise
         publish_dir(staging, cached)  # False: another run published the same cache first
