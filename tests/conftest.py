@@ -74,16 +74,18 @@ def run_entry(
     env: dict | None = None,
     timeout: int = 300,
     input: str | None = None,
+    preexec_fn=None,
     warm: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin).
+    """Run one of the repository's entry scripts the way a user does (`input`: what waits on its stdin;
+    `preexec_fn`: run in the child before the script starts, e.g. to set a resource limit).
 
     Forked from this test process's warm interpreter (tests/warm_start.py) where that runs it the same, else a
     plain subprocess; `warm=False`: always a plain one (what a user's terminal shows, import-time output included).
     """
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     path = ROOT / "src" / script
-    if warm:
+    if warm and preexec_fn is None:
         proc = WARM.run(path, list(args), env=full_env, cwd=cwd, timeout=timeout, input=input)
         if proc is not None:
             return proc
@@ -95,6 +97,7 @@ def run_entry(
         text=True,
         timeout=timeout,
         input=input,
+        preexec_fn=preexec_fn,
     )
 
 

@@ -1,9 +1,11 @@
 """Inputs that used to crash with a traceback end with one line instead: a fractional count, an
-infinite learning rate or temperature (config validation), and Ctrl-C in src/eval.py (exit 130,
-caches kept: what was generated before the interrupt is in the journal)."""
+infinite learning rate or temperature (config validation), Ctrl-C in src/eval.py (exit 130,
+caches kept: what was generated before the interrupt is in the journal), and a full disk in any write
+(the checkpoints' and the export's own lines: tests/test_run_lifecycle.py)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ from conftest import ROOT, assert_one_line_error, run_entry, train
 from hydra import compose, initialize_config_dir
 
 from gad.config.validate import validate
-from gad.errors import GADError
+from gad.errors import GADError, exit_on_user_error
 
 
 def composed(*overrides: str):
@@ -97,3 +99,18 @@ def test_ctrl_c_in_eval_is_one_line_exit_130_and_keeps_the_caches(tmp_path):
     journals = list((log_dir / "eval" / "cache" / "students").glob("*.jsonl"))
     kept = [json.loads(line) for path in journals for line in open(path)]
     assert sum(r["id"].startswith("gen:") for r in kept) == 4 and sum(r["id"].startswith("nll:") for r in kept) == 4
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["OSError", "SafetensorError-like"])
+def test_a_full_disk_in_a_write_without_its_own_line_is_still_one_line(tmp_path, capsys, named):
+    target = tmp_path / "metrics.csv"  # a small write no `gad.errors.writing` block covers
+    with pytest.raises(SystemExit) as ended, exit_on_user_error():
+        if named:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        raise RuntimeError("I/O error: No space left on device (os error 28)")  # a Rust writer: no OSError, no file
+    assert ended.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "no space left on device" in lines[0], lines
+    if named:
+        assert lines[0].startswith(f"error: cannot write {target}: no space left on device (") and "free on" in lines[0]
+    assert lines[0].endswith("then run again, or resume a training run with ckpt_path=<its checkpoints/last.ckpt>")

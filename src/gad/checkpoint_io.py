@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gad.atomic import open_own
-from gad.errors import GADError
+from gad.errors import GADError, out_of_space, writing
 from gad.trust import check_archive
 
 TEMP_SUFFIX = ".tmp"
@@ -50,22 +50,23 @@ def _fsync_dir(directory: Path) -> None:
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on any failure it is
-    deleted and `path` is left as it was. An OSError (a full disk, no permission) becomes a GADError
-    naming `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    deleted and `path` is left as it was. A full disk, quota or file-size limit becomes a GADError
+    naming `path` (gad.errors.writing), any other OSError (no permission) one naming it too."""
     tmp = temp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            reason = err.strerror or type(err).__name__
-            raise GADError(
-                f"cannot write checkpoint {path}: {reason} (the previous file, if any, is unchanged)"
-            ) from err
-        raise
+    with writing(path, resume=path.parent / "last.ckpt"):  # checkpoint files live beside the run's last.ckpt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if isinstance(err, OSError) and out_of_space(err) is None:
+                reason = err.strerror or type(err).__name__
+                raise GADError(
+                    f"cannot write checkpoint {path}: {reason} (the previous file, if any, is unchanged)"
+                ) from err
+            raise
     _fsync_dir(path.parent)
 
 
@@ -111,26 +112,49 @@ def replace_dir(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], Any], resume: Path | None = None) -> None:
+    """Call `write(folder)` on an empty temporary folder beside `path`, then put it at `path` (`replace_dir`):
+    a failure half-way deletes it and leaves `path` as it was, never a partial folder that looks whole.
+    A full disk becomes one line naming `path` (gad.errors.writing; `resume`: the checkpoint to resume from)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    with writing(path, resume=resume):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            write(tmp)
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def save_pretrained_atomic(directory: str | os.PathLike, *parts: Any, resume: Path | None = None) -> None:
+    """`part.save_pretrained(directory)` for each part (a model, its tokenizer) through `write_dir_atomic`."""
+
+    def save(tmp: Path) -> None:
+        for part in parts:
+            part.save_pretrained(tmp)
+
+    write_dir_atomic(directory, save, resume=resume)
+
+
 def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make `path` the same bytes as `source` without serialising again: hard links where the
     filesystem allows them, else a copy; a file replaces `path` atomically, a folder (a sharded
-    checkpoint) through `replace_dir`.
+    checkpoint) through `write_dir_atomic`.
 
     Safe because checkpoints are never written in place: each save replaces its file (or folder)
     with a new one, so a later save of `path` leaves `source` untouched.
     """
     source, path = Path(source), Path(path)
     if source.is_dir():
-        tmp = temp_path(path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+
+        def link_files(tmp: Path) -> None:
             for file in source.iterdir():
                 _link_or_copy(file, tmp / file.name)
-            replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        write_dir_atomic(path, link_files, resume=path.parent / "last.ckpt")
         return
     with _replacing(path) as tmp:
         _link_or_copy(source, tmp)

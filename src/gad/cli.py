@@ -28,6 +28,7 @@ from gad.errors import (
     exit_on_user_error,
     one_line,
     refuse_secrets,
+    unplaced_full_disk,
     user_error,
 )
 
@@ -106,7 +107,7 @@ def run_cli(main) -> None:
     try:
         main()
     except Exception as err:
-        found = user_error(err)
+        found = user_error(err) or unplaced_full_disk(err)
         if found is not None:  # a failed sweep job: each job's own error line was printed as it ran
             print(f"error: a sweep job failed: {one_line(found)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)

@@ -37,6 +37,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
+from gad.errors import writing
 from gad.models import has_lora
 
 LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -133,7 +134,10 @@ class TwoNetworkFSDPStrategy(ModelParallelStrategy):
         if self.is_global_zero and tmp.exists():
             shutil.rmtree(tmp)
         self.barrier("save_checkpoint.clean")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        # A full disk on a rank is one line there; the partial folder stays until the next save removes it
+        # (the other ranks may still be writing into it).
+        with writing(path, resume=path.parent / "last.ckpt"):
+            super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("save_checkpoint.written")
         if self.is_global_zero:
             replace_dir(tmp, path)

@@ -8,9 +8,13 @@ downloaded) raises `GADError` with a message that names *what* is wrong and *whe
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT (128 + 2)
@@ -48,11 +52,12 @@ def user_error(err: BaseException | None) -> GADError | None:
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a `GADError` (raised directly or wrapped) into `error: <message>` on stderr and exit status 2."""
+    """Turn a `GADError` (raised directly or wrapped), or a full disk, into `error: <message>` on stderr and exit
+    status 2."""
     try:
         yield
     except Exception as err:
-        found = user_error(err)
+        found = user_error(err) or unplaced_full_disk(err)
         if found is None:
             raise
         print(f"error: {one_line(found)}", file=sys.stderr, flush=True)
@@ -70,6 +75,97 @@ def exit_on_interrupt(kept: str) -> Iterator[None]:
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C); {kept}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+# A full disk, a quota, a file-size limit (`ulimit -f`): the user frees space or writes elsewhere, then resumes.
+_OUT_OF_SPACE = {  # errno: (what happened, what to do; {} is the config key that moves the files)
+    errno.ENOSPC: ("no space left on device", "free space or point {} elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota or point {} elsewhere"),
+    errno.EFBIG: ("file too large", "raise the file-size limit (ulimit -f) or point {} at another filesystem"),
+}
+# Rust-backed writers (safetensors' SafetensorError, tokenizers) raise no OSError: the errno is only in the text
+_RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _full_disk(err: BaseException | None) -> tuple[BaseException, int] | None:
+    """The exception in `err`'s chain (causes and contexts) that says the disk, a quota or a file-size limit is
+    full, with its errno (torch.save turns a failed write into a RuntimeError whose context is the OSError)."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _OUT_OF_SPACE:
+            return err, err.errno
+        found = _RUST_IO_ERROR.search(str(err)) if not isinstance(err, OSError) else None
+        if found and int(found.group(1)) in _OUT_OF_SPACE:
+            return err, int(found.group(1))
+        todo += [err.__cause__, err.__context__]
+    return None
+
+
+def out_of_space(err: BaseException | None) -> int | None:
+    """The errno (ENOSPC, EDQUOT or EFBIG) of a full disk, quota or file-size limit anywhere in `err`'s chain, or None."""
+    found = _full_disk(err)
+    return None if found is None else found[1]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """'<n> free on its filesystem' for the nearest existing folder above `path` (a failed write may have removed it)."""
+    where = Path(path).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return f"{_size(shutil.disk_usage(where).free)} free on its filesystem"
+    except OSError:
+        return "free space unknown"
+
+
+def _full_disk_message(path: object, code: int, setting: str, then: str) -> str:
+    what, remedy = _OUT_OF_SPACE[code]
+    return f"cannot write {path}: {what} ({free_space(path)}); {remedy.format(setting)}, then {then}"
+
+
+@contextlib.contextmanager
+def writing(
+    path: str | os.PathLike, resume: str | os.PathLike | None = None, setting: str = "paths.log_dir"
+) -> Iterator[None]:
+    """Turn a full disk, quota or file-size limit while the block writes `path` into one `GADError` line naming
+    it, the space left there and what to do: free space (or point `setting` elsewhere), then resume from
+    `resume` (a checkpoint) if it exists, else run again. Other errors pass unchanged. The block cleans up
+    after itself (temporary files); this only says what happened."""
+    try:
+        yield
+    except Exception as err:
+        code = out_of_space(err)
+        if code is None or user_error(err) is not None:
+            raise
+        then = f"resume with ckpt_path={resume}" if resume is not None and os.path.exists(resume) else "run again"
+        raise GADError(_full_disk_message(path, code, setting, then)) from err
+
+
+def unplaced_full_disk(err: BaseException | None) -> GADError | None:
+    """A full disk in a write no `writing` block covers (a log line, metrics.csv) as a `GADError` too, naming the
+    file the OSError names: the big writes (checkpoints, the export) say more, but none ends in a traceback."""
+    found = _full_disk(err)
+    if found is None:
+        return None
+    what, remedy = _OUT_OF_SPACE[found[1]]
+    path = getattr(found[0], "filename", None)
+    then = "run again, or resume a training run with ckpt_path=<its checkpoints/last.ckpt>"
+    if path is None:
+        return GADError(f"a write failed: {what}; {remedy.format('paths.log_dir')}, then {then}")
+    return GADError(_full_disk_message(path, found[1], "paths.log_dir", then))
 
 
 def _in_multirun() -> bool:

@@ -71,4 +71,4 @@ class TrainingModule(Protocol):
 
     def phase_name(self) -> str: ...  # what the progress line calls the next step's phase
 
-    def export_student(self, directory: str | Path) -> Path: ...  # the student as a Hugging Face folder
+    def export_student(self, directory: str | Path, resume: Path | None = None) -> Path: ...  # a Hugging Face folder

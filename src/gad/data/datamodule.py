@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +39,7 @@ from gad.atomic import discard, publish_dir, staging_dir
 from gad.chat import with_system_prompt
 from gad.console import console
 from gad.data.records import Columns, dump_files, is_hub_id, read_records
-from gad.errors import GADError
+from gad.errors import GADError, writing
 
 # 2: rows carry their teacher, a prompt's rows side by side; 3: and their record's meta (JSON), for reward terms
 CACHE_FORMAT = 3
@@ -61,11 +62,17 @@ def load_cache(cached: Path) -> tuple[datasets.DatasetDict, dict[str, Any]] | No
 
 
 def save_cache(splits: datasets.DatasetDict, stats: dict[str, Any], cached: Path) -> None:
-    """Write the cache under a temporary name beside `cached`, then rename it into place."""
-    staging = staging_dir(cached)
-    splits.save_to_disk(str(staging))
-    (staging / "stats.json").write_text(json.dumps(stats))  # last: marks the folder complete
-    publish_dir(staging, cached)  # False: another run published the same cache first
+    """Write the cache under a temporary name beside `cached`, then rename it into place. A full disk is one
+    line naming the cache, and the unfinished copy is removed at once (it can be as large as the data)."""
+    with writing(cached, setting="paths.cache_dir"):
+        staging = staging_dir(cached)
+        try:
+            splits.save_to_disk(str(staging))
+            (staging / "stats.json").write_text(json.dumps(stats))  # last: marks the folder complete
+        except Exception:  # a failed write; a killed or interrupted build's leftover goes with the next build
+            shutil.rmtree(staging, ignore_errors=True)  # a `.partial-` name no reader takes: no need to move it aside
+            raise
+        publish_dir(staging, cached)  # False: another run published the same cache first
 
 
 class StepBatchSampler(Sampler[list[int]]):

@@ -18,6 +18,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gad.checkpoint_io import save_pretrained_atomic
 from gad.config.method import MethodConfig
 from gad.config.model import LoraConfig
 from gad.distributed import full_state_dict, full_tensor, is_sharded, shard
@@ -379,11 +380,11 @@ class DistillModule(L.LightningModule):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.completed_steps = int(state.get("completed_steps", 0))
 
-    def export_student(self, directory: str | Path) -> Path:
-        """The student as a Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it).
-
-        Call it on every rank: under FSDP the weights are gathered (a collective); rank 0 writes.
+    def export_student(self, directory: str | Path, resume: Path | None = None) -> Path:
+        """The student as a Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it), moved into place
+        whole. Call it on every rank: under FSDP the weights are gathered (a collective); rank 0 writes.
         With LoRA on the generator (`model.lora.generator`) the adapters are merged into the copy.
+        `resume`: the checkpoint a full disk's error line says to resume from (gad.errors.writing).
         """
         directory = Path(directory)
         state = full_state_dict(self.generator)
@@ -395,6 +396,5 @@ class DistillModule(L.LightningModule):
                 if not self.sharded:  # `state` holds the live weights: copy them
                     state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
                 model = plain_from_state(model, state)
-            model.save_pretrained(directory)
-            self.tokenizer.save_pretrained(directory)
+            save_pretrained_atomic(directory, model, self.tokenizer, resume=resume)
         return directory
