@@ -101,13 +101,15 @@ def run_entry(
     )
 
 
-# The entry scripts' warm interpreter for this test process: started at its first run, with the environment the
-# tests start with (a run under another one is a plain subprocess), stopped when the session ends.
-WARM = WarmStarter(env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+# The entry scripts' warm interpreter for this test process (tests/warm_start.py).
+WARM = WarmStarter(cwd=ROOT)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_entry_scripts():
+    """Started before the first test (and its monkeypatch) in the environment the tests run in: collection has
+    imported every test module, and what their imports set (lm_eval sets HF_XET_HIGH_PERFORMANCE) is in it."""
+    WARM.start({**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     yield WARM
     WARM.close()
 

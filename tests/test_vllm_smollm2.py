@@ -8,6 +8,7 @@ runs this file in its own environment; the main suite skips it.
 
 from __future__ import annotations
 
+import resource
 import shutil
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run's second step runs this file")
 
 import torch  # noqa: E402
+from conftest import assert_one_line_error, run_entry  # noqa: E402
 from test_real_student import GAD, dump, state, steps, tiny, train  # noqa: E402, F401 (dump: a fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -148,3 +150,24 @@ def test_kd_on_policy_with_vllm(smollm2, dump, tmp_path):  # noqa: F811
     assert len(rows) == 2 and all(float(r["train/response_len"]) > 0 for r in rows)
     assert all(0 <= float(r["train/rollout_logprob_gap"]) < 1e-3 for r in rows)
     assert all(float(r["time/rollout"]) > 0 for r in rows)
+
+
+def limit_file_size_to_1gb() -> None:
+    # in the child: GAD's checkpoint of this student (~3.2 GB) fails with EFBIG; its export (~0.5 GB) would not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, resource.RLIM_INFINITY))
+
+
+def test_a_run_that_fails_with_the_engine_running_ends_in_its_one_error_line(smollm2, dump, tmp_path):  # noqa: F811
+    """The engine shuts down with the run on an error too: before, its exit handler ran after the process group
+    was gone and printed a traceback ("Invalid process group specified") under the run's own error."""
+    proc = run_entry(
+        "train.py",
+        f"paths.log_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path}/cache",
+        *tiny(smollm2, dump),
+        *GAD,
+        *ENGINE,
+        preexec_fn=limit_file_size_to_1gb,
+        timeout=1200,
+    )
+    assert_one_line_error(proc, "step_000002.ckpt", "file too large")

@@ -37,7 +37,8 @@ PROBE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def warm():
-    starter = WarmStarter(env={**os.environ, "PROBE_VALUE": "v"}, cwd=ROOT)
+    starter = WarmStarter(cwd=ROOT)
+    starter.start({**os.environ, "PROBE_VALUE": "v"})
     yield starter
     starter.close()
 

@@ -7,7 +7,8 @@ working directory, stdin, stdout and stderr, and it ends through the interpreter
 handlers run; an uncaught exception prints its traceback and exits 1; the exit status is the script's).
 
 What a fork cannot reproduce stays a plain subprocess (`WarmStarter.run` returns None, `run_entry` falls back):
-- a call whose environment differs from the server's (PYTHONPATH, HF_* and other variables are read at import);
+- a call whose environment differs from the server's once its imports ran (PYTHONPATH, HF_* and other
+  variables are read at import; the libraries also set a few, as they do in the test process);
 - every call, if the server's imports printed anything or left a second thread running (forking a
   threaded process is unsafe): datasets and pyarrow are not preloaded for that reason (pyarrow starts
   jemalloc's background thread), nor the project's own modules, which import them.
@@ -31,7 +32,16 @@ from pathlib import Path
 
 # What every entry script imports, and nothing that starts a thread (see above).
 PRELOAD = ("torch", "transformers", "lightning.pytorch", "hydra", "omegaconf")
-NOT_COMPARED = {"PYTEST_CURRENT_TEST"}  # pytest updates it for every test; read by nothing at import
+# Variables set while the tests run that no preloaded library reads as it loads: pytest's current test; the seed
+# Lightning's seed_everything (called by in-process tests) records for its own later reads; and what sklearn and
+# joblib set on import (in-process evaluation tests import them) for Intel's OpenMP, which none of them loads.
+NOT_COMPARED = {
+    "PYTEST_CURRENT_TEST",
+    "PL_GLOBAL_SEED",
+    "PL_SEED_WORKERS",
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
+}
 
 
 # ------------------------------------------------------------------------------------------- server side
@@ -39,15 +49,18 @@ def serve(fd: int) -> None:
     """Preload, say whether forking is safe, then fork one child per request until the socket closes."""
     import importlib
 
+    before = dict(os.environ)
     for name in PRELOAD:
         importlib.import_module(name)
+    # What the imports set (lightning: PYTORCH_NVML_BASED_CUDA_CHECK, ...): a fresh interpreter would set it too.
+    set_by_imports = {k: v for k, v in os.environ.items() if before.get(k) != v}
     threads = os.listdir("/proc/self/task")
     sock = socket.socket(fileno=fd)
 
     def send(message: dict) -> None:
         sock.sendall(json.dumps(message).encode() + b"\n")
 
-    send({"threads": len(threads)})
+    send({"threads": len(threads), "env": before, "set_by_imports": set_by_imports})
     requests = sock.makefile("rb")
     for line in requests:
         request = json.loads(line)
@@ -57,14 +70,14 @@ def serve(fd: int) -> None:
         if pid == 0:
             requests.close()
             sock.close()
-            run_script(request)
+            run_script(request, set_by_imports)
             raise SystemExit(0)  # the script returned: exit as a script that ends does
         send({"pid": pid})
         _, status = os.waitpid(pid, 0)
         send({"returncode": os.waitstatus_to_exitcode(status)})
 
 
-def run_script(request: dict) -> None:
+def run_script(request: dict, set_by_imports: dict[str, str]) -> None:
     """In the forked child: become `python <script> <args>` and run it (SystemExit and errors propagate)."""
     for fd, path, flags in (
         (0, request["stdin"] or os.devnull, os.O_RDONLY),
@@ -76,7 +89,7 @@ def run_script(request: dict) -> None:
         os.close(opened)
     os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(request["env"])
+    os.environ.update({**set_by_imports, **request["env"]})  # as after a fresh interpreter's imports
     script = request["script"]
     sys.argv = [script, *request["args"]]
     sys.path[0] = os.path.dirname(script)
@@ -85,21 +98,23 @@ def run_script(request: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- client side
 class WarmStarter:
-    """One warm server for this process, started at the first call (`run`) and stopped at exit (`close`)."""
+    """A warm server for this process: `start` it (it imports in the background), `run` scripts, `close` it."""
 
-    def __init__(self, env: dict[str, str], cwd: Path):
-        self.env, self.cwd = dict(env), cwd
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+        self.server: subprocess.Popen | None = None
+        self.server_env: dict[str, str] | None = None  # the environment it started in
+        self.set_by_imports: dict[str, str] = {}  # and what its imports set in it
         self.unfit: str | None = None  # why this process's calls all go to plain subprocesses
         self.lock = threading.Lock()
-        self.server: subprocess.Popen | None = None
 
-    def _start(self) -> None:
+    def start(self, env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair()
         self.log = tempfile.NamedTemporaryFile(prefix="warm-start-", suffix=".log", delete=False)
         self.server = subprocess.Popen(
             [sys.executable, __file__, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
-            env=self.env,
+            env=env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -107,10 +122,16 @@ class WarmStarter:
         )
         theirs.close()
         self.sock, self.received = ours, b""
-        threads = self._read(timeout=120)["threads"]
-        printed = Path(self.log.name).read_text()
-        if printed or threads != 1:
-            self.unfit = f"its imports printed {printed!r} and left {threads} threads running"
+
+    def _ready(self) -> bool:
+        """Whether the server can serve: its imports done, silent, and no thread but its own."""
+        if self.server_env is None and self.unfit is None:
+            hello = self._read(timeout=120)
+            self.server_env, self.set_by_imports = hello["env"], hello["set_by_imports"]
+            printed = Path(self.log.name).read_text()
+            if printed or hello["threads"] != 1:
+                self.unfit = f"its imports printed {printed!r} and left {hello['threads']} threads running"
+        return self.unfit is None
 
     def _send(self, message: dict) -> None:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
@@ -134,17 +155,25 @@ class WarmStarter:
     ) -> subprocess.CompletedProcess | None:
         """`subprocess.run([python, script, *args], capture_output=True, text=True, ...)` from the warm server,
         or None where that would not be the same (another environment; a busy or unfit server)."""
-        differs = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)} - NOT_COMPARED
-        if differs or self.unfit or not self.lock.acquire(blocking=False):
+        if self.server is None or not self.lock.acquire(blocking=False):
             return None
         try:
-            if self.server is None:
-                self._start()
-                if self.unfit:
-                    return None
+            if not self._ready():
+                return None
+            if self._differs(env):
+                return None
             return self._run(script, args, env=env, cwd=cwd, timeout=timeout, input=input)
         finally:
             self.lock.release()
+
+    def _differs(self, env: dict[str, str]) -> set[str]:
+        """The variables a fresh interpreter started in `env` would see differently as it imports (none of
+        NOT_COMPARED); a variable the imports set counts only where `env` sets it otherwise."""
+        after_imports = {**self.server_env, **self.set_by_imports}
+        wanted = {**self.set_by_imports, **env}
+        differs = {k for k in wanted.keys() | after_imports.keys() if wanted.get(k) != after_imports.get(k)}
+        differs -= NOT_COMPARED
+        return differs
 
     def _run(self, script, args, *, env, cwd, timeout, input) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(script), *args]

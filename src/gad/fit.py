@@ -201,5 +201,8 @@ def train(cfg: DictConfig) -> float | None:
         rank_zero_info(f"stopped by {signal.Signals(signum).name} after step {module.completed_steps}")
         raise SystemExit(128 + signum) from None
     finally:
+        # Lightning calls the module's teardown only after a fit that ended; on an error too, a sampler's engine
+        # (vLLM) must shut down while the process group it uses still exists, or its exit handler fails noisily.
+        module.teardown("fit")
         finish_distributed()
     return results[0].get(cfg.get("optimized_metric", "val/nll")) if results else None
