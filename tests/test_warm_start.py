@@ -37,7 +37,7 @@ PROBE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def warm():
-    starter = WarmStarter(cwd=ROOT)
+    starter = WarmStarter(cwd=ROOT, scripts=("probe.py",))
     starter.start({**os.environ, "PROBE_VALUE": "v"})
     yield starter
     starter.close()
@@ -94,3 +94,14 @@ def test_the_suites_entry_runs_are_warm():
     proc = run_entry("train.py", "--cfg", "job")
     assert proc.returncode == 0 and "method:" in proc.stdout
     assert WARM.server is not None and WARM.unfit is None, WARM.unfit
+    assert WARM.set_by_imports.get("TQDM_DISABLE") == "1"  # imported as train.py imports: with tqdm's bars off
+
+
+def test_a_verbose_run_or_another_script_is_left_to_a_plain_subprocess(warm, tmp_path):
+    script = tmp_path / "other.py"  # not one of the scripts this server runs
+    script.write_text(PROBE)
+    env = {**os.environ, "PROBE_VALUE": "v"}
+    assert warm.run(script, ["return"], env=env, cwd=tmp_path, timeout=60, input=None) is None
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    assert warm.run(probe, ["return", "verbose=true"], env=env, cwd=tmp_path, timeout=60, input=None) is None

@@ -6,7 +6,10 @@ process per test worker imports them once and forks a child per run; the child r
 working directory, stdin, stdout and stderr, and it ends through the interpreter's own shutdown (atexit
 handlers run; an uncaught exception prints its traceback and exits 1; the exit status is the script's).
 
-What a fork cannot reproduce stays a plain subprocess (`WarmStarter.run` returns None, `run_entry` falls back):
+The server imports as train.py and eval.py do: after `gad.cli.start` has set TQDM_DISABLE (tqdm reads it on
+import; gad.console.quiet_raw_bars). What a fork cannot reproduce stays a plain subprocess (`WarmStarter.run`
+returns None, `run_entry` falls back):
+- another script (collect.py and prepare.py import their libraries with tqdm's bars on), or a `verbose=` run;
 - a call whose environment differs from the server's once its imports ran (PYTHONPATH, HF_* and other
   variables are read at import; the libraries also set a few, as they do in the test process);
 - every call, if the server's imports printed anything or left a second thread running (forking a
@@ -50,9 +53,11 @@ def serve(fd: int) -> None:
     import importlib
 
     before = dict(os.environ)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # as gad.cli.start does for train.py and eval.py, before their imports
     for name in PRELOAD:
         importlib.import_module(name)
     # What the imports set (lightning: PYTORCH_NVML_BASED_CUDA_CHECK, ...): a fresh interpreter would set it too.
+    # (TQDM_DISABLE among it: the entry scripts set it before their own imports.)
     set_by_imports = {k: v for k, v in os.environ.items() if before.get(k) != v}
     threads = os.listdir("/proc/self/task")
     sock = socket.socket(fileno=fd)
@@ -100,8 +105,8 @@ def run_script(request: dict, set_by_imports: dict[str, str]) -> None:
 class WarmStarter:
     """A warm server for this process: `start` it (it imports in the background), `run` scripts, `close` it."""
 
-    def __init__(self, cwd: Path):
-        self.cwd = cwd
+    def __init__(self, cwd: Path, scripts: tuple[str, ...] = ("train.py", "eval.py")):
+        self.cwd, self.scripts = cwd, scripts  # the scripts it runs (file names)
         self.server: subprocess.Popen | None = None
         self.server_env: dict[str, str] | None = None  # the environment it started in
         self.set_by_imports: dict[str, str] = {}  # and what its imports set in it
@@ -154,8 +159,10 @@ class WarmStarter:
         self, script: Path, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float, input: str | None
     ) -> subprocess.CompletedProcess | None:
         """`subprocess.run([python, script, *args], capture_output=True, text=True, ...)` from the warm server,
-        or None where that would not be the same (another environment; a busy or unfit server)."""
-        if self.server is None or not self.lock.acquire(blocking=False):
+        or None where that would not be the same (another script, `verbose=`, another environment; a busy or
+        unfit server)."""
+        verbose = any(arg.lstrip("+~").startswith("verbose=") for arg in args)  # tqdm's bars on: imported otherwise
+        if script.name not in self.scripts or verbose or self.server is None or not self.lock.acquire(blocking=False):
             return None
         try:
             if not self._ready():
